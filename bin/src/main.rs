@@ -1,0 +1,191 @@
+//! `strom`: the single binary. `strom` or `strom serve` starts a broker; with no flags it is a
+//! complete single-node broker on localhost:9092 with data in `./data`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use strom_broker::config::{self, BrokerConfig};
+use strom_broker::server::Server;
+use strom_broker::Broker;
+
+#[derive(Parser)]
+#[command(name = "strom", version, about = "Strom: a Kafka-protocol-compatible message broker")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// A Kafka-style server.properties file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `listeners`, e.g. PLAINTEXT://0.0.0.0:9092.
+    #[arg(long)]
+    listeners: Option<String>,
+    /// `advertised.listeners`, e.g. PLAINTEXT://broker-0.example:9092.
+    #[arg(long)]
+    advertised_listeners: Option<String>,
+    /// `log.dirs`: the data directory.
+    #[arg(long)]
+    log_dirs: Option<String>,
+    /// `node.id`.
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Any other config key, as KEY=VALUE (repeatable); wins over the file and environment.
+    #[arg(long = "override", short = 'o', value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl ServeArgs {
+    fn flag_layer(&self) -> Result<BTreeMap<String, String>, String> {
+        let mut layer = BTreeMap::new();
+        for kv in &self.overrides {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--override `{kv}` is not KEY=VALUE"))?;
+            layer.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let named = [
+            ("listeners", self.listeners.clone()),
+            ("advertised.listeners", self.advertised_listeners.clone()),
+            ("log.dirs", self.log_dirs.clone()),
+            ("node.id", self.node_id.map(|n| n.to_string())),
+        ];
+        for (k, v) in named {
+            if let Some(v) = v {
+                layer.insert(k.to_owned(), v);
+            }
+        }
+        Ok(layer)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("STROM_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<BrokerConfig, String> {
+    let mut layers = Vec::new();
+    if let Some(path) = &args.config {
+        layers.push(config::read_properties(path).map_err(|e| e.to_string())?);
+    }
+    layers.push(config::env_layer(std::env::vars()));
+    layers.push(args.flag_layer()?);
+    BrokerConfig::from_layers(&layers).map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let started = Instant::now();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strom: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = config.log_dir.clone();
+    let broker = match tokio::task::spawn_blocking(move || Broker::open(config)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            eprintln!("strom: cannot open data directory {}: {e}", data_dir.display());
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("strom: start-up task failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match Server::bind(broker.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let l = &broker.config.listener;
+            eprintln!(
+                "strom: cannot listen on {}:{}: {e} (is another broker running? set `listeners` to a free port)",
+                l.host, l.port
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let adv = &broker.config.advertised;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = broker.node_id(),
+        cluster_id = %broker.catalog.cluster_id,
+        listener = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        advertised = %format!("{}:{}", adv.host, adv.port),
+        data_dir = %broker.config.log_dir.display(),
+        topics = broker.catalog.all().len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "strom is ready"
+    );
+    let background = tokio::spawn(Arc::clone(&broker).run_background());
+    server.run(shutdown_signal()).await;
+    background.abort();
+    tracing::info!("flushing and closing logs");
+    match tokio::task::spawn_blocking(move || broker.close()).await {
+        Ok(Ok(())) => {
+            tracing::info!("clean shutdown");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "shutdown could not flush everything; the next start will recover");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "shutdown task failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}

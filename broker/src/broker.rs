@@ -1,0 +1,103 @@
+//! The broker: configuration, catalog and shared services, plus the background housekeeping
+//! (retention, time-based flushes, recovery-point checkpoints).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strom_storage::{Flusher, StorageError};
+
+use crate::catalog::Catalog;
+use crate::config::BrokerConfig;
+use crate::producer_ids::ProducerIds;
+
+pub struct Broker {
+    pub config: Arc<BrokerConfig>,
+    pub catalog: Catalog,
+    pub producer_ids: ProducerIds,
+    pub flusher: Arc<Flusher>,
+}
+
+impl Broker {
+    /// Opens the data directory (recovering logs if the last run crashed).
+    pub fn open(config: BrokerConfig) -> Result<Arc<Self>, StorageError> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.log_dir).map_err(|source| StorageError::Io {
+            path: config.log_dir.clone(),
+            source,
+        })?;
+        let flusher = Flusher::new();
+        let catalog = Catalog::open(config.clone(), flusher.clone())?;
+        let producer_ids = ProducerIds::open(config.log_dir.join("strom-meta").join("producer-ids"))?;
+        Ok(Arc::new(Self {
+            config,
+            catalog,
+            producer_ids,
+            flusher,
+        }))
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    /// Runs the flusher and the periodic tasks until the future is dropped.
+    pub async fn run_background(self: Arc<Self>) {
+        let flusher = tokio::spawn(self.flusher.clone().run());
+        let retention = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
+        let checkpoint = Duration::from_millis(self.config.checkpoint_interval_ms.max(1));
+        let mut retention_tick = tokio::time::interval(retention);
+        let mut checkpoint_tick = tokio::time::interval(checkpoint);
+        // flush.ms is per topic; checking every 100 ms bounds its lateness.
+        let mut flush_tick = tokio::time::interval(Duration::from_millis(100));
+        for tick in [&mut retention_tick, &mut checkpoint_tick, &mut flush_tick] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let _abort_flusher = AbortOnDrop(flusher);
+        loop {
+            tokio::select! {
+                _ = retention_tick.tick() => {
+                    let this = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || this.apply_retention()).await;
+                }
+                _ = checkpoint_tick.tick() => {
+                    let this = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || this.write_checkpoints()).await;
+                }
+                _ = flush_tick.tick() => {
+                    for log in self.catalog.logs() {
+                        log.flush_if_due();
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_retention(&self) {
+        for log in self.catalog.logs() {
+            if let Err(e) = log.apply_retention() {
+                tracing::error!(log = log.name(), error = %e, "retention failed");
+            }
+        }
+    }
+
+    fn write_checkpoints(&self) {
+        for log in self.catalog.logs() {
+            if let Err(e) = log.write_checkpoint() {
+                tracing::error!(log = log.name(), error = %e, "checkpoint failed");
+            }
+        }
+    }
+
+    /// Flushes and closes every log and marks the shutdown clean.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.catalog.close()
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

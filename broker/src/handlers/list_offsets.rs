@@ -1,0 +1,72 @@
+//! ListOffsets (key 2): earliest (-2), latest (-1), max timestamp (-3), earliest local (-4),
+//! and the first offset at or after a timestamp, found through the time index.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use super::fetch::check_epoch;
+use super::Ctx;
+use crate::error::ApiError;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+
+pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let catalog = &ctx.broker.catalog;
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = catalog.get(t.name.as_str());
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let out = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let found = (|| -> Result<(i64, i64, i32), ApiError> {
+                        let part = topic
+                            .as_ref()
+                            .and_then(|t| t.partition(p.partition_index))
+                            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+                        check_epoch(p.current_leader_epoch, part.leader_epoch)?;
+                        let log = &part.log;
+                        let epoch = part.leader_epoch;
+                        Ok(match p.timestamp {
+                            LATEST => (log.high_watermark(), -1, epoch),
+                            EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1, epoch),
+                            MAX_TIMESTAMP => match log.max_timestamp_offset()? {
+                                Some((offset, ts)) => (offset, ts, epoch),
+                                None => (-1, -1, -1),
+                            },
+                            LATEST_TIERED => (-1, -1, -1),
+                            ts if ts < 0 => {
+                                return Err(ApiError::new(ResponseError::InvalidRequest, format!("unknown special timestamp {ts}")))
+                            }
+                            ts => match log.offset_for_timestamp(ts)? {
+                                Some((offset, ts)) => (offset, ts, epoch),
+                                None => (-1, -1, -1),
+                            },
+                        })
+                    })();
+                    match found {
+                        Ok((offset, timestamp, epoch)) => {
+                            let out = out.with_offset(offset).with_timestamp(timestamp);
+                            if ctx.version >= 4 {
+                                out.with_leader_epoch(epoch)
+                            } else {
+                                out
+                            }
+                        }
+                        Err(e) => out.with_error_code(e.code()).with_offset(-1).with_timestamp(-1),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}

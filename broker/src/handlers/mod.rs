@@ -1,0 +1,174 @@
+//! One module per Kafka API, behind one dispatch `match`. Versions are checked once, before the
+//! body is decoded; a handler sees a decoded request and returns the response message (or a
+//! future of it when it has to wait for a flush or for data).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use crate::broker::Broker;
+
+mod alter_configs;
+mod api_versions;
+mod configs;
+mod create_partitions;
+mod create_topics;
+mod delete_records;
+mod delete_topics;
+mod describe_cluster;
+mod describe_configs;
+mod fetch;
+mod incremental_alter_configs;
+mod init_producer_id;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+pub use api_versions::unsupported_version_response;
+
+/// Every API Strom implements, with the exact version range it answers. ApiVersions
+/// advertises this table and the dispatcher refuses anything outside it.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 17),
+    (ApiKey::ListOffsets, 1, 9),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The supported range for an API key, if Strom implements it.
+pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .map(|(_, lo, hi)| (*lo, *hi))
+}
+
+/// An encoded response frame (length prefix included), now or later. `None` is for
+/// acks=0 produce requests, which Kafka never answers.
+pub enum Reply {
+    Now(Bytes),
+    Later(BoxFuture<'static, Result<Bytes, HandlerError>>),
+    None,
+}
+
+/// Failures that end the connection: the request could not be decoded, or (a bug) the
+/// response could not be encoded for the version asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("cannot decode {api:?} v{version} request: {reason}")]
+    Decode {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("cannot encode {api:?} v{version} response: {reason}")]
+    Encode {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+/// Encodes `body` with its response header as one length-prefixed frame.
+pub fn encode_response<R: Encodable + HeaderVersion>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes, HandlerError> {
+    let err = |e: &dyn std::fmt::Display| HandlerError::Encode {
+        api,
+        version,
+        reason: e.to_string(),
+    };
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let header_version = R::header_version(version);
+    let size = header.compute_size(header_version).map_err(|e| err(&e))? + body.compute_size(version).map_err(|e| err(&e))?;
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.extend_from_slice(&(size as i32).to_be_bytes());
+    header.encode(&mut buf, header_version).map_err(|e| err(&e))?;
+    body.encode(&mut buf, version).map_err(|e| err(&e))?;
+    Ok(buf.freeze())
+}
+
+fn decode<T: Decodable>(api: ApiKey, version: i16, body: &mut Bytes) -> Result<T, HandlerError> {
+    T::decode(body, version).map_err(|e| HandlerError::Decode {
+        api,
+        version,
+        reason: e.to_string(),
+    })
+}
+
+/// Context every handler gets.
+pub struct Ctx<'a> {
+    pub broker: &'a Arc<Broker>,
+    pub version: i16,
+    pub header: &'a RequestHeader,
+}
+
+fn now<R: Encodable + HeaderVersion>(api: ApiKey, ctx: &Ctx<'_>, body: R) -> Result<Reply, HandlerError> {
+    encode_response(api, ctx.version, ctx.header.correlation_id, &body).map(Reply::Now)
+}
+
+fn later<R, F>(api: ApiKey, ctx: &Ctx<'_>, fut: F) -> Reply
+where
+    R: Encodable + HeaderVersion,
+    F: std::future::Future<Output = R> + Send + 'static,
+{
+    let (version, correlation_id) = (ctx.version, ctx.header.correlation_id);
+    Reply::Later(Box::pin(async move {
+        let body = fut.await;
+        encode_response(api, version, correlation_id, &body)
+    }))
+}
+
+/// Decodes and runs one request whose key and version were already checked against
+/// [`SUPPORTED`]. Work that must happen in request order (appends) happens before this returns;
+/// only waiting is deferred into [`Reply::Later`].
+pub fn dispatch(broker: &Arc<Broker>, api: ApiKey, header: &RequestHeader, mut body: Bytes) -> Result<Reply, HandlerError> {
+    let version = header.request_api_version;
+    let ctx = Ctx { broker, version, header };
+    let b = &mut body;
+    match api {
+        ApiKey::ApiVersions => now(api, &ctx, api_versions::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::Metadata => now(api, &ctx, metadata::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::Produce => Ok(match produce::handle(&ctx, decode(api, version, b)?) {
+            Some(fut) => later(api, &ctx, fut),
+            None => Reply::None,
+        }),
+        ApiKey::Fetch => Ok(later(api, &ctx, fetch::handle(&ctx, decode(api, version, b)?))),
+        ApiKey::ListOffsets => now(api, &ctx, list_offsets::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::CreateTopics => now(api, &ctx, create_topics::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::DeleteTopics => now(api, &ctx, delete_topics::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::CreatePartitions => now(api, &ctx, create_partitions::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::DeleteRecords => now(api, &ctx, delete_records::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::DescribeConfigs => now(api, &ctx, describe_configs::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::AlterConfigs => now(api, &ctx, alter_configs::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::IncrementalAlterConfigs => now(api, &ctx, incremental_alter_configs::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::DescribeCluster => now(api, &ctx, describe_cluster::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::InitProducerId => now(api, &ctx, init_producer_id::handle(&ctx, decode(api, version, b)?)),
+        other => Err(HandlerError::Decode {
+            api: other,
+            version,
+            reason: "API not implemented".into(),
+        }),
+    }
+}
+
+/// A response string field from a Rust string.
+pub(crate) fn s(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}

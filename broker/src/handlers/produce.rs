@@ -1,0 +1,148 @@
+//! Produce (key 0). Batches are validated (header and CRC32C, never decompressed), re-compressed
+//! only when the topic's `compression.type` names another codec, and appended in request order
+//! before this returns. The returned future only waits: for the group-commit fsync when
+//! `acks=all` (or `flush.messages`) asks for durability.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use strom_protocol::batch::{self, BatchError};
+use strom_protocol::records;
+use strom_storage::Log;
+
+use super::{s, Ctx};
+use crate::error::ApiError;
+
+/// Bound on decompressed size when a batch must be re-compressed.
+const RECOMPRESS_LIMIT: usize = 256 << 20;
+
+/// What happened to one partition's data before any waiting.
+struct Appended {
+    index: i32,
+    outcome: Result<(strom_storage::AppendResult, Arc<Log>), ApiError>,
+}
+
+fn batch_error(e: &BatchError) -> ApiError {
+    let code = match e {
+        BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } | BatchError::InvalidLength(_) | BatchError::UnknownCodec(_) => {
+            ResponseError::CorruptMessage
+        }
+        BatchError::UnsupportedMagic(_) | BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
+    };
+    ApiError::new(code, e.to_string())
+}
+
+/// Validates one partition's records and returns them ready to append.
+fn prepare(data: Option<Bytes>, log: &Log) -> Result<BytesMut, ApiError> {
+    let cfg = log.config();
+    let data = data.unwrap_or_default();
+    if data.is_empty() {
+        return Err(ApiError::new(ResponseError::InvalidRecord, "produce request carries no record batch"));
+    }
+    let header = batch::validate(&data).map_err(|e| batch_error(&e))?;
+    if header.total_len() != data.len() {
+        return Err(ApiError::new(ResponseError::InvalidRecord, "produce requests v3+ must carry exactly one record batch per partition"));
+    }
+    if data.len() > cfg.max_message_bytes.max(0) as usize {
+        return Err(ApiError::new(ResponseError::MessageTooLarge, format!("batch of {} bytes exceeds max.message.bytes {}", data.len(), cfg.max_message_bytes)));
+    }
+    if header.is_control() {
+        return Err(ApiError::new(ResponseError::InvalidRecord, "clients may not write control batches"));
+    }
+    if header.is_transactional() {
+        return Err(ApiError::new(ResponseError::InvalidTxnState, "transactions are not supported yet"));
+    }
+    let codec = header.codec().map_err(|e| batch_error(&e))?;
+    match cfg.compression {
+        Some(target) if target != codec => records::recompress(&data, target, RECOMPRESS_LIMIT)
+            .map(|v| BytesMut::from(&v[..]))
+            .map_err(|e| ApiError::new(ResponseError::CorruptMessage, e.to_string())),
+        // The one copy of the produce path: the log stamps offsets into these bytes.
+        _ => Ok(BytesMut::from(&data[..])),
+    }
+}
+
+pub fn handle(ctx: &Ctx<'_>, req: ProduceRequest) -> Option<impl Future<Output = ProduceResponse> + Send + 'static> {
+    let acks = req.acks;
+    let version = ctx.version;
+    let valid_acks = matches!(acks, -1..=1);
+    let catalog = &ctx.broker.catalog;
+    let mut topics: Vec<(kafka_protocol::messages::TopicName, Vec<Appended>)> = Vec::new();
+    for t in req.topic_data {
+        let topic = catalog.get(t.name.as_str());
+        let parts = t
+            .partition_data
+            .into_iter()
+            .map(|p| {
+                let index = p.index;
+                let outcome = (|| {
+                    if !valid_acks {
+                        return Err(ApiError::new(ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, got {acks}")));
+                    }
+                    let partition = topic
+                        .as_ref()
+                        .and_then(|t| t.partition(index))
+                        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+                    let data = prepare(p.records, &partition.log)?;
+                    let result = partition.log.append(data, partition.leader_epoch)?;
+                    Ok((result, partition.log.clone()))
+                })();
+                if let Err(e) = &outcome {
+                    tracing::debug!(topic = %t.name.as_str(), partition = index, error = ?e, "produce rejected");
+                }
+                Appended { index, outcome }
+            })
+            .collect();
+        topics.push((t.name, parts));
+    }
+    if acks == 0 {
+        return None;
+    }
+    Some(async move {
+        let mut responses = Vec::with_capacity(topics.len());
+        for (name, parts) in topics {
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                let outcome = match p.outcome {
+                    Ok((r, log)) => {
+                        let must_flush = r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
+                        match must_flush {
+                            true => log.wait_flushed(r.last_offset + 1).await.map(|()| r).map_err(ApiError::from),
+                            false => Ok(r),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                out.push(partition_response(p.index, outcome, version));
+            }
+            responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+        }
+        ProduceResponse::default().with_responses(responses)
+    })
+}
+
+fn partition_response(index: i32, outcome: Result<strom_storage::AppendResult, ApiError>, version: i16) -> PartitionProduceResponse {
+    let resp = PartitionProduceResponse::default().with_index(index);
+    match outcome {
+        Ok(r) => resp
+            .with_base_offset(r.base_offset)
+            .with_log_append_time_ms(r.log_append_time)
+            .with_log_start_offset(r.log_start_offset),
+        Err(e) => {
+            let mut resp = resp.with_error_code(e.code()).with_base_offset(-1).with_log_start_offset(-1);
+            if version >= 8 {
+                resp.error_message = e.message.clone().map(s);
+                if matches!(e.code, ResponseError::InvalidRecord | ResponseError::CorruptMessage) {
+                    resp.record_errors = vec![BatchIndexAndErrorMessage::default()
+                        .with_batch_index(0)
+                        .with_batch_index_error_message(e.message.map(s))];
+                }
+            }
+            resp
+        }
+    }
+}

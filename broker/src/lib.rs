@@ -1,0 +1,16 @@
+//! Strom's broker layer: the Kafka API handlers, the topic catalog and the network server.
+//!
+//! It sits above `storage` (partition logs) and `raft` (the metadata quorum, for the cluster
+//! issue) and below the `strom` binary. Only this crate and `protocol` know kafka-protocol's
+//! message types; failures become Kafka error codes in one place, [`error`].
+
+pub mod broker;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod producer_ids;
+pub mod server;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;

@@ -1,0 +1,206 @@
+//! The Kafka listener: accepts connections, frames requests, runs them through the handlers
+//! and writes responses back in request order, with bounds on request size and on bytes
+//! buffered across all connections. Shutdown stops reading, lets in-flight requests finish,
+//! then returns so the caller can flush and close the logs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+use strom_protocol::frame::{take_frame, RequestPrefix};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::broker::Broker;
+use crate::handlers::{self, HandlerError, Reply};
+
+/// Responses a connection may have outstanding before it stops reading (Kafka clients pipeline
+/// at most `max.in.flight.requests.per.connection`, 5 by default).
+const MAX_PIPELINE: usize = 64;
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Server {
+    listener: TcpListener,
+    broker: Arc<Broker>,
+}
+
+impl Server {
+    pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Self> {
+        let l = &broker.config.listener;
+        let listener = TcpListener::bind((l.host.as_str(), l.port)).await?;
+        Ok(Self { listener, broker })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains connections.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let budget = self.broker.config.queued_max_request_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let inflight = Arc::new(Semaphore::new(budget));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let conn = Connection {
+                            broker: self.broker.clone(),
+                            peer,
+                            inflight: inflight.clone(),
+                            budget,
+                        };
+                        conns.spawn(conn.serve(stream, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        let _ = stop_tx.send(true);
+        tracing::info!(connections = conns.len(), "stopped accepting; draining in-flight requests");
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
+            conns.abort_all();
+        }
+    }
+}
+
+/// A response on its way: ready bytes, or a task computing them.
+enum Pending {
+    Ready(Bytes),
+    Task(tokio::task::JoinHandle<Result<Bytes, HandlerError>>),
+}
+
+struct Connection {
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    inflight: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<(Pending, OwnedSemaphorePermit)>(MAX_PIPELINE);
+        let writer = tokio::spawn(write_loop(wr, rx, self.peer));
+        let max = self.broker.config.socket_request_max_bytes;
+        let idle = Duration::from_millis(self.broker.config.connections_max_idle_ms);
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        'conn: loop {
+            loop {
+                let frame = match take_frame(&mut buf, max) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, error = %e, "closing connection: bad frame");
+                        break 'conn;
+                    }
+                };
+                let want = frame.len().clamp(1, self.budget) as u32;
+                let Ok(permit) = self.inflight.clone().acquire_many_owned(want).await else {
+                    break 'conn;
+                };
+                let pending = match self.handle(frame) {
+                    Ok(Reply::Now(b)) => Pending::Ready(b),
+                    Ok(Reply::Later(fut)) => Pending::Task(tokio::spawn(fut)),
+                    Ok(Reply::None) => continue,
+                    Err(reason) => {
+                        tracing::warn!(peer = %self.peer, %reason, "closing connection");
+                        break 'conn;
+                    }
+                };
+                if tx.send((pending, permit)).await.is_err() {
+                    break 'conn; // the writer hit an error and is gone
+                }
+            }
+            tokio::select! {
+                read = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match read {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %self.peer, "closing idle connection");
+                        break;
+                    }
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    /// Routes one frame; `Err` carries why the connection must close.
+    fn handle(&self, frame: BytesMut) -> Result<Reply, String> {
+        let prefix = RequestPrefix::peek(&frame).ok_or("request shorter than its header")?;
+        let api = ApiKey::try_from(prefix.api_key).map_err(|_| format!("unknown API key {}", prefix.api_key))?;
+        let (lo, hi) = handlers::supported_range(api).ok_or_else(|| format!("API {api:?} is not supported"))?;
+        if !(lo..=hi).contains(&prefix.api_version) {
+            if api == ApiKey::ApiVersions {
+                return handlers::unsupported_version_response(prefix.correlation_id)
+                    .map(Reply::Now)
+                    .map_err(|e| e.to_string());
+            }
+            return Err(format!("{api:?} v{} is not supported (supported: v{lo}-v{hi})", prefix.api_version));
+        }
+        let mut bytes = frame.freeze();
+        let header_version = api.request_header_version(prefix.api_version);
+        let header = RequestHeader::decode(&mut bytes, header_version)
+            .map_err(|e| format!("malformed {api:?} request header: {e}"))?;
+        tracing::trace!(peer = %self.peer, ?api, version = prefix.api_version, "request");
+        handlers::dispatch(&self.broker, api, &header, bytes).map_err(|e| e.to_string())
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, OwnedSemaphorePermit)>, peer: SocketAddr) {
+    while let Some((pending, permit)) = rx.recv().await {
+        let bytes = match pending {
+            Pending::Ready(b) => Ok(b),
+            Pending::Task(task) => match task.await {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(peer = %peer, error = %e, "request task failed");
+                    break;
+                }
+            },
+        };
+        drop(permit);
+        match bytes {
+            Ok(b) => {
+                if let Err(e) = wr.write_all(&b).await {
+                    tracing::debug!(peer = %peer, error = %e, "write failed");
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer, error = %e, "closing connection");
+                break;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}

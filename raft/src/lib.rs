@@ -1,0 +1,1 @@
+//! Metadata quorum layer (openraft) for the cluster issue; nothing here yet.

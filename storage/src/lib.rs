@@ -1,0 +1,21 @@
+//! Strom's log store: per partition, a directory of segments holding record batches exactly as
+//! the producer sent them (only base offset and leader epoch are rewritten), with a sparse
+//! offset index and a time index that are memory-mapped.
+//!
+//! This layer owns files: appending, reading ranges of batches back, rolling and deleting
+//! segments, coalescing flushes (group commit) and recovering after a crash. It knows record
+//! batches only through `strom-protocol`'s header view and never decompresses on the hot path.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod flush;
+pub mod index;
+pub mod log;
+pub mod segment;
+
+pub use config::{LogConfig, TimestampType};
+pub use error::StorageError;
+pub use checkpoint::sync_dir as checkpoint_sync_dir;
+pub use flush::Flusher;
+pub use log::{AppendResult, Log, ReadResult};

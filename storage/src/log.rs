@@ -1,0 +1,582 @@
+//! A partition's log: the ordered segments, the offsets that bound it, and the rules for
+//! appending, reading, flushing, retention and recovery.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use strom_protocol::batch::{self, BatchHeader};
+use tokio::sync::watch;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{LogConfig, TimestampType};
+use crate::error::{IoContext, StorageError};
+use crate::flush::Flusher;
+use crate::segment::{self, Segment};
+
+/// Decompression bound when records must be read (ListOffsets by time).
+const DECODE_LIMIT: usize = 256 << 20;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// The broker's timestamp when the topic uses LogAppendTime, else -1.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    /// `flush.messages` was reached: the producer must wait for a flush before its answer.
+    pub flush_required: bool,
+}
+
+/// Batches read from the log.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole record batches, exactly as stored.
+    pub data: Bytes,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+}
+
+/// Flush progress shared with waiting producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlushState {
+    flushed: i64,
+    failed: bool,
+}
+
+struct Inner {
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    next_offset: i64,
+    unflushed_messages: i64,
+    /// Files written since the last flush (a roll can leave more than one).
+    dirty: Vec<Arc<File>>,
+    /// Segments were created or removed since the last flush: the directory needs an fsync.
+    dirty_dir: bool,
+    last_flush_ms: i64,
+    /// Set after a write or fsync failed in a way that leaves the file state unknown.
+    offline: bool,
+}
+
+pub struct Log {
+    /// `topic-partition`, for log lines and errors.
+    name: String,
+    dir: PathBuf,
+    config: RwLock<Arc<LogConfig>>,
+    inner: Mutex<Inner>,
+    /// Log end offset, published after every append so long-polling fetches wake up.
+    end_tx: watch::Sender<i64>,
+    flushed_tx: watch::Sender<FlushState>,
+    flusher: Arc<Flusher>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`. After an unclean shutdown (`clean == false`) every
+    /// segment from the recovery point on is re-validated, torn tails are truncated and the
+    /// recovered data is fsynced before the log serves anything.
+    pub fn open(
+        dir: &Path,
+        name: String,
+        cfg: LogConfig,
+        flusher: Arc<Flusher>,
+        clean: bool,
+    ) -> Result<Arc<Self>, StorageError> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let cp = checkpoint::read(dir);
+        let bases = segment::list(dir)?;
+        let mut segments = BTreeMap::new();
+        let recover_from = if clean {
+            i64::MAX
+        } else {
+            // The segment holding the recovery point is the first one that may be torn.
+            bases
+                .iter()
+                .rev()
+                .find(|b| **b <= cp.recovery_point)
+                .copied()
+                .unwrap_or(i64::MIN)
+        };
+        let mut truncated_at: Option<i64> = None;
+        for &base in &bases {
+            if let Some(cut) = truncated_at {
+                tracing::warn!(log = %name, segment = base, after = cut, "deleting segment that follows a truncated one");
+                for ext in ["log", "index", "timeindex"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{base:020}.{ext}")));
+                }
+                continue;
+            }
+            let seg = if base >= recover_from {
+                let (seg, outcome) = Segment::recover(dir, base, &cfg)?;
+                if outcome.truncated_bytes > 0 {
+                    truncated_at = Some(seg.next_offset());
+                }
+                seg
+            } else {
+                Segment::open_clean(dir, base, &cfg)?
+            };
+            segments.insert(base, seg);
+        }
+        if segments.is_empty() {
+            let base = cp.log_start_offset.max(0);
+            segments.insert(base, Segment::create(dir, base, &cfg)?);
+        }
+        let (next_offset, first_base) = match (segments.values().next_back(), segments.keys().next()) {
+            (Some(last), Some(first)) => (last.next_offset(), *first),
+            _ => (0, 0),
+        };
+        if let Some(active) = segments.values_mut().next_back() {
+            active.reopen_for_append(&cfg)?;
+        }
+        if !clean {
+            for seg in segments.values().filter(|s| s.base_offset >= recover_from) {
+                seg.file().sync_data().at(seg.path())?;
+            }
+            checkpoint::sync_dir(dir)?;
+        }
+        let log_start_offset = cp.log_start_offset.clamp(first_base, next_offset);
+        let log = Arc::new(Self {
+            name,
+            dir: dir.to_path_buf(),
+            config: RwLock::new(Arc::new(cfg)),
+            inner: Mutex::new(Inner {
+                segments,
+                log_start_offset,
+                next_offset,
+                unflushed_messages: 0,
+                dirty: Vec::new(),
+                dirty_dir: false,
+                last_flush_ms: now_ms(),
+                offline: false,
+            }),
+            end_tx: watch::Sender::new(next_offset),
+            flushed_tx: watch::Sender::new(FlushState {
+                flushed: next_offset,
+                failed: false,
+            }),
+            flusher,
+        });
+        log.write_checkpoint()?;
+        Ok(log)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> Arc<LogConfig> {
+        self.config.read().clone()
+    }
+
+    pub fn set_config(&self, cfg: LogConfig) {
+        *self.config.write() = Arc::new(cfg);
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner.lock().log_start_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.lock().next_offset
+    }
+
+    /// The high watermark: on a single node, everything appended is committed.
+    pub fn high_watermark(&self) -> i64 {
+        self.log_end_offset()
+    }
+
+    /// Bytes on disk over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.lock().segments.values().map(Segment::size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.inner.lock().segments.len()
+    }
+
+    /// A receiver that changes whenever the log end offset moves.
+    pub fn subscribe_end(&self) -> watch::Receiver<i64> {
+        self.end_tx.subscribe()
+    }
+
+    /// Appends validated batches (one or more, back to back), assigning offsets from the log
+    /// end and stamping `leader_epoch`. Returns where they landed.
+    pub fn append(&self, mut data: BytesMut, leader_epoch: i32) -> Result<AppendResult, StorageError> {
+        let cfg = self.config();
+        let now = now_ms();
+        let mut inner = self.inner.lock();
+        if inner.offline {
+            return Err(StorageError::Offline(self.name.clone()));
+        }
+        let base_offset = inner.next_offset;
+        let mut next = base_offset;
+        let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
+        let mut messages = 0i64;
+        let log_append_time = cfg.timestamp_type == TimestampType::LogAppendTime;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let slice = &mut data[pos..];
+            let (_, total) = batch::peek_offset_and_size(slice)
+                .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            let one = slice
+                .get_mut(..total)
+                .ok_or_else(|| StorageError::InvalidBatch("batch runs past the buffer".into()))?;
+            batch::set_base_offset(one, next);
+            batch::set_partition_leader_epoch(one, leader_epoch);
+            if log_append_time {
+                batch::set_log_append_time(one, now);
+            }
+            let h = BatchHeader::parse(one).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            next = h.last_offset() + 1;
+            messages += i64::from(h.records_count);
+            headers.push((h, pos));
+            pos += total;
+        }
+        let first_ts = headers.first().map_or(now, |(h, _)| h.max_timestamp);
+        let needs_roll = inner
+            .segments
+            .values()
+            .next_back()
+            .is_some_and(|s| s.should_roll(data.len(), first_ts, &cfg));
+        if needs_roll {
+            self.roll(&mut inner, &cfg)?;
+        }
+        let Some(active) = inner.segments.values_mut().next_back() else {
+            return Err(StorageError::Offline(self.name.clone()));
+        };
+        match active.append(&data, &headers) {
+            Ok(()) => {}
+            Err(e) => {
+                if matches!(e, StorageError::Offline(_)) {
+                    inner.offline = true;
+                }
+                tracing::error!(log = %self.name, error = %e, "append failed");
+                return Err(e);
+            }
+        }
+        let file = active.file();
+        if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            inner.dirty.push(file);
+        }
+        inner.next_offset = next;
+        inner.unflushed_messages += messages;
+        let flush_required = inner.unflushed_messages >= cfg.flush_messages;
+        let result = AppendResult {
+            base_offset,
+            last_offset: next - 1,
+            log_append_time: if log_append_time { now } else { -1 },
+            log_start_offset: inner.log_start_offset,
+            flush_required,
+        };
+        drop(inner);
+        self.end_tx.send_replace(next);
+        Ok(result)
+    }
+
+    fn roll(&self, inner: &mut Inner, cfg: &LogConfig) -> Result<(), StorageError> {
+        let base = inner.next_offset;
+        if let Some(active) = inner.segments.values_mut().next_back() {
+            active.roll_close()?;
+        }
+        let seg = Segment::create(&self.dir, base, cfg)?;
+        tracing::debug!(log = %self.name, base, "rolled new segment");
+        inner.segments.insert(base, seg);
+        inner.dirty_dir = true;
+        Ok(())
+    }
+
+    /// Waits until everything up to `offset` (exclusive) is on stable storage, asking the
+    /// flusher for a round if needed.
+    pub async fn wait_flushed(self: &Arc<Self>, offset: i64) -> Result<(), StorageError> {
+        let mut rx = self.flushed_tx.subscribe();
+        if rx.borrow().flushed >= offset {
+            return Ok(());
+        }
+        self.flusher.request(self.clone());
+        let state = rx
+            .wait_for(|s| s.flushed >= offset || s.failed)
+            .await
+            .map(|s| *s)
+            .map_err(|_| StorageError::Offline(self.name.clone()))?;
+        if state.failed && state.flushed < offset {
+            return Err(StorageError::Offline(self.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Asks for a background flush when `flush.ms` has passed since the last one.
+    pub fn flush_if_due(self: &Arc<Self>) {
+        let cfg = self.config();
+        let inner = self.inner.lock();
+        let due = !inner.dirty.is_empty() && now_ms() - inner.last_flush_ms >= cfg.flush_ms;
+        drop(inner);
+        if due {
+            self.flusher.request(self.clone());
+        }
+    }
+
+    /// fdatasyncs every file written since the last flush (blocking), then publishes the new
+    /// flushed offset. A failed fsync takes the log offline: after one, the kernel may have
+    /// dropped the dirty pages, so retrying cannot prove durability.
+    pub fn flush_now(&self) -> Result<(), StorageError> {
+        let (files, dirty_dir, target) = {
+            let mut inner = self.inner.lock();
+            if inner.offline {
+                return Err(StorageError::Offline(self.name.clone()));
+            }
+            let files = std::mem::take(&mut inner.dirty);
+            let dirty_dir = std::mem::take(&mut inner.dirty_dir);
+            inner.unflushed_messages = 0;
+            inner.last_flush_ms = now_ms();
+            (files, dirty_dir, inner.next_offset)
+        };
+        let mut result = files
+            .iter()
+            .try_for_each(|f| f.sync_data().at(&self.dir));
+        if result.is_ok() && dirty_dir {
+            result = checkpoint::sync_dir(&self.dir);
+        }
+        if let Err(e) = &result {
+            tracing::error!(log = %self.name, error = %e, "fsync failed; taking the partition offline");
+            self.inner.lock().offline = true;
+            self.flushed_tx.send_modify(|s| s.failed = true);
+            return result;
+        }
+        self.flushed_tx.send_modify(|s| s.flushed = s.flushed.max(target));
+        Ok(())
+    }
+
+    /// Offset up to which data is known to be on stable storage.
+    pub fn flushed_offset(&self) -> i64 {
+        self.flushed_tx.borrow().flushed
+    }
+
+    /// Persists log start offset and recovery point.
+    pub fn write_checkpoint(&self) -> Result<(), StorageError> {
+        let cp = Checkpoint {
+            log_start_offset: self.log_start_offset(),
+            recovery_point: self.flushed_offset(),
+        };
+        checkpoint::write(&self.dir, cp)
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, from one segment, up
+    /// to `max_bytes` (the first batch is whole even if larger when `min_one`), never past
+    /// `upper` (exclusive; the high watermark or a transaction bound).
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool, upper: i64) -> Result<ReadResult, StorageError> {
+        let inner = self.inner.lock();
+        let hw = upper.min(inner.next_offset);
+        let start = inner.log_start_offset;
+        if offset < start || offset > hw {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                start,
+                end: hw,
+            });
+        }
+        let empty = ReadResult {
+            data: Bytes::new(),
+            log_start_offset: start,
+            high_watermark: inner.next_offset,
+        };
+        if offset == hw || max_bytes == 0 && !min_one {
+            return Ok(empty);
+        }
+        let from = inner.segments.range(..=offset).next_back().map_or(i64::MIN, |(b, _)| *b);
+        for seg in inner.segments.range(from..).map(|(_, s)| s) {
+            let Some((pos, _)) = seg.position_of(offset, seg.size())? else {
+                continue;
+            };
+            let end = if hw >= seg.next_offset() {
+                seg.size()
+            } else {
+                seg.position_of(hw, seg.size())?.map_or(seg.size(), |(p, _)| p)
+            };
+            let file = seg.file();
+            let path = seg.path().to_path_buf();
+            drop(inner);
+            let data = segment::read_range(&file, &path, pos, end, max_bytes, min_one)?;
+            return Ok(ReadResult { data, ..empty });
+        }
+        Ok(empty)
+    }
+
+    /// ListOffsets by time: the first record whose timestamp is >= `ts`, as (offset, timestamp).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let inner = self.inner.lock();
+        let start = inner.log_start_offset;
+        for seg in inner.segments.values().filter(|s| s.max_timestamp() >= ts) {
+            let from = seg.time_lookup_start(ts).max(start);
+            let Some((mut pos, _)) = seg.position_of(from, seg.size())? else {
+                continue;
+            };
+            while pos < seg.size() {
+                let h = seg.header_at(pos)?;
+                if h.max_timestamp >= ts && h.last_offset() >= start {
+                    if let Some(found) = self.first_record_at_or_after(seg, pos, &h, ts, start)? {
+                        return Ok(Some(found));
+                    }
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets MAX_TIMESTAMP: the record with the largest timestamp, as (offset, timestamp).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let inner = self.inner.lock();
+        let Some(seg) = inner
+            .segments
+            .values()
+            .filter(|s| s.max_timestamp() >= 0)
+            .max_by_key(|s| s.max_timestamp())
+        else {
+            return Ok(None);
+        };
+        let ts = seg.max_timestamp();
+        let Some((pos, h)) = seg.position_of(seg.offset_of_max_timestamp(), seg.size())? else {
+            return Ok(None);
+        };
+        self.first_record_at_or_after(seg, pos, &h, ts, inner.log_start_offset)
+    }
+
+    fn first_record_at_or_after(
+        &self,
+        seg: &Segment,
+        pos: u64,
+        h: &BatchHeader,
+        ts: i64,
+        min_offset: i64,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        if h.is_log_append_time() {
+            return Ok(Some((h.base_offset.max(min_offset), h.max_timestamp)));
+        }
+        let mut buf = vec![0u8; h.total_len()];
+        std::os::unix::fs::FileExt::read_exact_at(seg.file().as_ref(), &mut buf, pos).at(seg.path())?;
+        let records = strom_protocol::records::decode(&buf, DECODE_LIMIT).map_err(|e| StorageError::Corrupt {
+            path: seg.path().to_path_buf(),
+            position: pos,
+            reason: e.to_string(),
+        })?;
+        Ok(records
+            .iter()
+            .find(|r| r.timestamp >= ts && r.offset >= min_offset)
+            .map(|r| (r.offset, r.timestamp)))
+    }
+
+    /// DeleteRecords: moves the log start offset up to `offset` (`-1` means the high
+    /// watermark) and drops segments entirely below it. Returns the new low watermark.
+    pub fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
+        {
+            let mut inner = self.inner.lock();
+            let target = if offset == -1 { inner.next_offset } else { offset };
+            if target < 0 || target > inner.next_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    start: inner.log_start_offset,
+                    end: inner.next_offset,
+                });
+            }
+            if target > inner.log_start_offset {
+                inner.log_start_offset = target;
+                self.drop_segments_below_start(&mut inner);
+            }
+        }
+        self.write_checkpoint()?;
+        Ok(self.log_start_offset())
+    }
+
+    fn drop_segments_below_start(&self, inner: &mut Inner) {
+        loop {
+            let mut it = inner.segments.values();
+            let (Some(first), Some(_second)) = (it.next(), it.next()) else {
+                return;
+            };
+            if first.next_offset() > inner.log_start_offset {
+                return;
+            }
+            let base = first.base_offset;
+            self.remove_segment(inner, base);
+        }
+    }
+
+    fn remove_segment(&self, inner: &mut Inner, base: i64) {
+        if let Some(seg) = inner.segments.remove(&base) {
+            seg.delete_files(&self.dir);
+            inner.dirty_dir = true;
+            if let Some(next) = inner.segments.keys().next() {
+                inner.log_start_offset = inner.log_start_offset.max(*next);
+            }
+        }
+    }
+
+    /// Deletes segments past `retention.ms` or beyond `retention.bytes`, oldest first. The
+    /// active segment is rolled first when it has expired too, so an idle topic still empties.
+    /// Returns how many segments were deleted.
+    pub fn apply_retention(&self) -> Result<usize, StorageError> {
+        let cfg = self.config();
+        if !cfg.delete_retention {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut deleted = 0;
+        {
+            let mut inner = self.inner.lock();
+            if inner.offline {
+                return Ok(0);
+            }
+            let expired = |s: &Segment| cfg.retention_ms >= 0 && now - s.retention_timestamp() > cfg.retention_ms;
+            let active_expired = inner
+                .segments
+                .values()
+                .next_back()
+                .is_some_and(|s| s.size() > 0 && expired(s));
+            if active_expired && inner.segments.values().rev().skip(1).all(expired) {
+                self.roll(&mut inner, &cfg)?;
+            }
+            while inner.segments.len() > 1 {
+                let Some((&base, first)) = inner.segments.iter().next() else {
+                    break;
+                };
+                let total: u64 = inner.segments.values().map(Segment::size).sum();
+                let over_size = cfg.retention_bytes >= 0 && total - first.size() >= cfg.retention_bytes as u64;
+                if !(expired(first) || over_size) {
+                    break;
+                }
+                tracing::info!(log = %self.name, segment = base, "deleting segment past retention");
+                self.remove_segment(&mut inner, base);
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.write_checkpoint()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Flushes and seals the log for a clean shutdown.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.flush_now()?;
+        {
+            let mut inner = self.inner.lock();
+            if let Some(active) = inner.segments.values_mut().next_back() {
+                active.roll_close()?;
+            }
+        }
+        self.write_checkpoint()
+    }
+}

@@ -1,0 +1,166 @@
+//! Log store tests on real files: append/read, rolling, crash recovery, retention, DeleteRecords
+//! and time lookups.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use strom_protocol::batch;
+use strom_protocol::codec::Codec;
+use strom_protocol::records::build_batch;
+use strom_storage::{Flusher, Log, LogConfig, StorageError};
+
+fn batch_of(n: usize, ts: i64, tag: &str) -> BytesMut {
+    let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    BytesMut::from(&build_batch(Codec::None, ts, &recs).expect("build")[..])
+}
+
+fn open(dir: &std::path::Path, cfg: LogConfig, clean: bool) -> Arc<Log> {
+    Log::open(dir, "t-0".into(), cfg, Flusher::new(), clean).expect("open")
+}
+
+fn offsets_in(data: &[u8]) -> Vec<i64> {
+    batch::BatchIter::new(data).map(|(h, _)| h.base_offset).collect()
+}
+
+#[test]
+fn append_read_and_roll() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        segment_bytes: 300,
+        index_interval_bytes: 1,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), cfg.clone(), true);
+    for i in 0..20 {
+        let r = log.append(batch_of(3, 1000 + i, "v"), 0).expect("append");
+        assert_eq!(r.base_offset, i * 3);
+        assert_eq!(r.last_offset, i * 3 + 2);
+    }
+    assert_eq!(log.log_end_offset(), 60);
+    assert!(log.segment_count() > 3, "segments: {}", log.segment_count());
+    // A read from the middle of a batch starts at that batch.
+    let r = log.read(31, 1 << 20, true, i64::MAX).expect("read");
+    assert_eq!(offsets_in(&r.data).first(), Some(&30));
+    // max_bytes smaller than one batch still returns that batch whole.
+    let r = log.read(0, 1, true, i64::MAX).expect("read");
+    assert_eq!(offsets_in(&r.data), vec![0]);
+    // Reading never passes the upper bound.
+    let r = log.read(0, 1 << 20, true, 6).expect("read");
+    assert!(offsets_in(&r.data).iter().all(|o| *o < 6));
+    assert!(matches!(log.read(61, 100, true, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(log.read(60, 100, true, i64::MAX).expect("at end").data.is_empty());
+    log.close().expect("close");
+    drop(log);
+    // Clean reopen keeps everything and appends continue.
+    let log = open(dir.path(), cfg, true);
+    assert_eq!(log.log_end_offset(), 60);
+    let mut seen = Vec::new();
+    let mut next = 0;
+    while next < 60 {
+        let r = log.read(next, 1 << 20, true, i64::MAX).expect("read");
+        for (h, _) in batch::BatchIter::new(&r.data) {
+            seen.push(h.base_offset);
+            next = h.last_offset() + 1;
+        }
+    }
+    assert_eq!(seen, (0..20).map(|i| i * 3).collect::<Vec<_>>());
+    assert_eq!(log.append(batch_of(1, 5, "x"), 0).expect("append").base_offset, 60);
+}
+
+#[test]
+fn recovery_truncates_only_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig::default();
+    let log = open(dir.path(), cfg.clone(), true);
+    for i in 0..10 {
+        log.append(batch_of(2, i, "r"), 0).expect("append");
+    }
+    log.flush_now().expect("flush");
+    drop(log); // no close: like kill -9
+    let path = dir.path().join(format!("{:020}.log", 0));
+    let len = std::fs::metadata(&path).expect("meta").len();
+    // Tear the last batch in half.
+    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    f.set_len(len - 7).expect("truncate");
+    let log = open(dir.path(), cfg.clone(), false);
+    assert_eq!(log.log_end_offset(), 18);
+    // Corrupt a byte inside the last remaining batch: it is dropped, the rest stays.
+    drop(log);
+    let len = std::fs::metadata(&path).expect("meta").len();
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[len as usize - 2] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("write");
+    let log = open(dir.path(), cfg, false);
+    assert_eq!(log.log_end_offset(), 16);
+    let r = log.read(0, 1 << 20, true, i64::MAX).expect("read");
+    assert_eq!(offsets_in(&r.data), (0..8).map(|i| i * 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn retention_by_size_and_delete_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = batch_of(1, 1, "s").len() as u64;
+    let cfg = LogConfig {
+        segment_bytes: one * 2,
+        retention_bytes: (one * 4) as i64,
+        retention_ms: -1,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), cfg, true);
+    for _ in 0..10 {
+        log.append(batch_of(1, 1, "s"), 0).expect("append");
+    }
+    let deleted = log.apply_retention().expect("retention");
+    assert!(deleted > 0);
+    assert!(log.size_bytes() <= one * 6);
+    assert!(log.log_start_offset() > 0);
+    let start = log.log_start_offset();
+    assert!(matches!(log.read(0, 100, true, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    assert_eq!(log.delete_records(9).expect("delete"), 9);
+    assert!(9 > start);
+    assert!(log.read(8, 100, true, i64::MAX).is_err());
+    assert_eq!(offsets_in(&log.read(9, 1000, true, i64::MAX).expect("read").data), vec![9]);
+    assert!(log.delete_records(11).is_err());
+}
+
+#[test]
+fn retention_by_time_empties_an_idle_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        retention_ms: 1000,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), cfg, true);
+    log.append(batch_of(5, 1, "old"), 0).expect("append"); // timestamps from 1970
+    assert_eq!(log.apply_retention().expect("retention"), 1);
+    assert_eq!(log.log_start_offset(), 5);
+    assert_eq!(log.log_end_offset(), 5);
+}
+
+#[test]
+fn offsets_by_timestamp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), LogConfig::default(), true);
+    log.append(batch_of(3, 100, "a"), 0).expect("append"); // ts 100,101,102
+    log.append(batch_of(3, 200, "b"), 0).expect("append"); // ts 200,201,202
+    assert_eq!(log.offset_for_timestamp(0).expect("ts"), Some((0, 100)));
+    assert_eq!(log.offset_for_timestamp(101).expect("ts"), Some((1, 101)));
+    assert_eq!(log.offset_for_timestamp(150).expect("ts"), Some((3, 200)));
+    assert_eq!(log.offset_for_timestamp(202).expect("ts"), Some((5, 202)));
+    assert_eq!(log.offset_for_timestamp(203).expect("ts"), None);
+    assert_eq!(log.max_timestamp_offset().expect("max"), Some((5, 202)));
+}
+
+#[tokio::test]
+async fn group_commit_flushes_waiters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flusher = Flusher::new();
+    let task = tokio::spawn(flusher.clone().run());
+    let log = Log::open(dir.path(), "t-0".into(), LogConfig::default(), flusher, true).expect("open");
+    let r = log.append(batch_of(2, 1, "f"), 0).expect("append");
+    assert!(log.flushed_offset() < r.last_offset + 1);
+    log.wait_flushed(r.last_offset + 1).await.expect("flushed");
+    assert!(log.flushed_offset() > r.last_offset);
+    task.abort();
+}
