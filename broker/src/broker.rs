@@ -27,7 +27,8 @@ impl Broker {
         })?;
         let flusher = Flusher::new();
         let catalog = Catalog::open(config.clone(), flusher.clone())?;
-        let producer_ids = ProducerIds::open(config.log_dir.join("strom-meta").join("producer-ids"))?;
+        let producer_ids =
+            ProducerIds::open(config.log_dir.join("strom-meta").join("producer-ids"))?;
         Ok(Arc::new(Self {
             config,
             catalog,

@@ -74,7 +74,12 @@ pub struct Catalog {
 
 /// Checks a topic name the way Kafka does.
 pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| Err(ApiError::new(ResponseError::InvalidTopicException, format!("topic name `{name}` is invalid: {why}")));
+    let bad = |why: &str| {
+        Err(ApiError::new(
+            ResponseError::InvalidTopicException,
+            format!("topic name `{name}` is invalid: {why}"),
+        ))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -84,7 +89,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     if name.len() > MAX_TOPIC_NAME {
         return bad("it is longer than 249 characters");
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
@@ -98,7 +106,9 @@ fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(), StorageE
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
     std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(parent) = path.parent() {
         strom_storage::checkpoint_sync_dir(parent)?;
@@ -145,14 +155,23 @@ impl Catalog {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            let record: TopicRecord = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            let record: TopicRecord = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(file = %path.display(), error = %e, "unreadable topic record; topic skipped (fix or remove the file)");
                     continue;
                 }
             };
-            let topic = catalog.open_topic(record.name, record.id, record.partitions, record.configs, clean)?;
+            let topic = catalog.open_topic(
+                record.name,
+                record.id,
+                record.partitions,
+                record.configs,
+                clean,
+            )?;
             catalog.insert(topic);
         }
         Ok(catalog)
@@ -169,7 +188,10 @@ impl Catalog {
         // Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
         let id = base64_url(Uuid::new_v4().as_bytes());
         let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
-        std::fs::write(&path, text).map_err(|source| StorageError::Io { path: path.clone(), source })?;
+        std::fs::write(&path, text).map_err(|source| StorageError::Io {
+            path: path.clone(),
+            source,
+        })?;
         Ok(id)
     }
 
@@ -177,9 +199,21 @@ impl Catalog {
         self.broker.log_dir.join(format!("{topic}-{index}"))
     }
 
-    fn open_partition(&self, topic: &str, index: i32, configs: &BTreeMap<String, String>, clean: bool) -> Result<Arc<Partition>, StorageError> {
+    fn open_partition(
+        &self,
+        topic: &str,
+        index: i32,
+        configs: &BTreeMap<String, String>,
+        clean: bool,
+    ) -> Result<Arc<Partition>, StorageError> {
         let cfg = config::log_config(&self.broker, &self.dynamic.read(), configs);
-        let log = Log::open(&self.partition_dir(topic, index), format!("{topic}-{index}"), cfg, self.flusher.clone(), clean)?;
+        let log = Log::open(
+            &self.partition_dir(topic, index),
+            format!("{topic}-{index}"),
+            cfg,
+            self.flusher.clone(),
+            clean,
+        )?;
         Ok(Arc::new(Partition {
             index,
             log,
@@ -187,7 +221,14 @@ impl Catalog {
         }))
     }
 
-    fn open_topic(&self, name: String, id: Uuid, partitions: i32, configs: BTreeMap<String, String>, clean: bool) -> Result<Arc<Topic>, StorageError> {
+    fn open_topic(
+        &self,
+        name: String,
+        id: Uuid,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        clean: bool,
+    ) -> Result<Arc<Topic>, StorageError> {
         let parts = (0..partitions)
             .map(|i| self.open_partition(&name, i, &configs, clean))
             .collect::<Result<Vec<_>, _>>()?;
@@ -211,7 +252,13 @@ impl Catalog {
             partitions: topic.partition_count(),
             configs: topic.configs.read().clone(),
         };
-        write_json_atomic(&self.meta_dir.join("topics").join(format!("{}.json", topic.name)), &record)
+        write_json_atomic(
+            &self
+                .meta_dir
+                .join("topics")
+                .join(format!("{}.json", topic.name)),
+            &record,
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -238,25 +285,49 @@ impl Catalog {
     }
 
     /// Validates a creation request without side effects; returns the partition count.
-    pub fn check_create(&self, name: &str, partitions: i32, replication: i16, configs: &BTreeMap<String, String>) -> Result<i32, ApiError> {
+    pub fn check_create(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<i32, ApiError> {
         validate_topic_name(name)?;
-        let partitions = if partitions == -1 { self.broker.num_partitions } else { partitions };
+        let partitions = if partitions == -1 {
+            self.broker.num_partitions
+        } else {
+            partitions
+        };
         if partitions <= 0 {
-            return Err(ApiError::new(ResponseError::InvalidPartitions, format!("number of partitions must be larger than 0, got {partitions}")));
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!("number of partitions must be larger than 0, got {partitions}"),
+            ));
         }
-        let replication = if replication == -1 { self.broker.default_replication_factor } else { replication };
+        let replication = if replication == -1 {
+            self.broker.default_replication_factor
+        } else {
+            replication
+        };
         if replication <= 0 {
-            return Err(ApiError::new(ResponseError::InvalidReplicationFactor, "replication factor must be larger than 0"));
+            return Err(ApiError::new(
+                ResponseError::InvalidReplicationFactor,
+                "replication factor must be larger than 0",
+            ));
         }
         if replication > 1 {
             return Err(ApiError::new(ResponseError::InvalidReplicationFactor, format!("replication factor {replication} is larger than the number of available brokers (1)")));
         }
         for (k, v) in configs {
-            config::validate_topic_config(k, v).map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.to_string()))?;
+            config::validate_topic_config(k, v)
+                .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.to_string()))?;
         }
         let topics = self.topics.read();
         if topics.contains_key(name) {
-            return Err(ApiError::new(ResponseError::TopicAlreadyExists, format!("topic '{name}' already exists")));
+            return Err(ApiError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic '{name}' already exists"),
+            ));
         }
         let collides = |a: &str| a.replace('.', "_");
         if let Some(other) = topics.keys().find(|t| collides(t) == collides(name)) {
@@ -266,7 +337,13 @@ impl Catalog {
     }
 
     /// Creates a topic with `partitions` partitions (-1: `num.partitions`).
-    pub fn create(&self, name: &str, partitions: i32, replication: i16, configs: BTreeMap<String, String>) -> Result<Arc<Topic>, ApiError> {
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, ApiError> {
         let _guard = self.admin.lock();
         let partitions = self.check_create(name, partitions, replication, &configs)?;
         let topic = self
@@ -290,7 +367,9 @@ impl Catalog {
             return Err(ResponseError::UnknownTopicOrPartition.into());
         }
         match self.create(name, -1, -1, BTreeMap::new()) {
-            Err(e) if e.code == ResponseError::TopicAlreadyExists => self.get(name).ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
+            Err(e) if e.code == ResponseError::TopicAlreadyExists => self
+                .get(name)
+                .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
             other => other,
         }
     }
@@ -298,14 +377,20 @@ impl Catalog {
     /// Deletes a topic: it disappears at once and its directories are removed in the background.
     pub fn delete(&self, topic: &Arc<Topic>) -> Result<(), ApiError> {
         if !self.broker.delete_topic_enable {
-            return Err(ApiError::new(ResponseError::TopicDeletionDisabled, "delete.topic.enable is false"));
+            return Err(ApiError::new(
+                ResponseError::TopicDeletionDisabled,
+                "delete.topic.enable is false",
+            ));
         }
         let _guard = self.admin.lock();
         if self.topics.write().remove(&topic.name).is_none() {
             return Err(ResponseError::UnknownTopicOrPartition.into());
         }
         self.by_id.write().remove(&topic.id);
-        let record = self.meta_dir.join("topics").join(format!("{}.json", topic.name));
+        let record = self
+            .meta_dir
+            .join("topics")
+            .join(format!("{}.json", topic.name));
         if let Err(e) = std::fs::remove_file(&record) {
             tracing::error!(file = %record.display(), error = %e, "could not remove topic record");
         }
@@ -313,7 +398,9 @@ impl Catalog {
             let dir = p.log.dir().to_path_buf();
             let doomed = dir.with_file_name(format!(
                 "{}.{}-delete",
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 topic.id.simple()
             ));
             match std::fs::rename(&dir, &doomed) {
@@ -324,7 +411,9 @@ impl Catalog {
                         }
                     });
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not move deleted partition aside"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "could not move deleted partition aside")
+                }
             }
         }
         tracing::info!(topic = %topic.name, "deleted topic");
@@ -332,11 +421,21 @@ impl Catalog {
     }
 
     /// Grows a topic to `count` partitions.
-    pub fn add_partitions(&self, topic: &Arc<Topic>, count: i32, validate_only: bool) -> Result<(), ApiError> {
+    pub fn add_partitions(
+        &self,
+        topic: &Arc<Topic>,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), ApiError> {
         let _guard = self.admin.lock();
         let current = topic.partition_count();
         if count <= current {
-            return Err(ApiError::new(ResponseError::InvalidPartitions, format!("topic currently has {current} partitions, {count} would not be an increase")));
+            return Err(ApiError::new(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "topic currently has {current} partitions, {count} would not be an increase"
+                ),
+            ));
         }
         if validate_only {
             return Ok(());
@@ -344,7 +443,10 @@ impl Catalog {
         let configs = topic.configs.read().clone();
         let mut added = Vec::new();
         for i in current..count {
-            added.push(self.open_partition(&topic.name, i, &configs, true).map_err(ApiError::from)?);
+            added.push(
+                self.open_partition(&topic.name, i, &configs, true)
+                    .map_err(ApiError::from)?,
+            );
         }
         topic.partitions.write().extend(added);
         self.persist(topic).map_err(ApiError::from)?;
@@ -353,7 +455,11 @@ impl Catalog {
     }
 
     /// Replaces a topic's overrides and applies the new settings to its logs.
-    pub fn set_topic_configs(&self, topic: &Arc<Topic>, configs: BTreeMap<String, String>) -> Result<(), ApiError> {
+    pub fn set_topic_configs(
+        &self,
+        topic: &Arc<Topic>,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
         let _guard = self.admin.lock();
         *topic.configs.write() = configs;
         self.persist(topic).map_err(ApiError::from)?;
@@ -371,7 +477,8 @@ impl Catalog {
     /// Replaces the dynamic broker configs and re-resolves every topic's settings.
     pub fn set_dynamic_configs(&self, configs: BTreeMap<String, String>) -> Result<(), ApiError> {
         let _guard = self.admin.lock();
-        write_json_atomic(&self.meta_dir.join("broker-configs.json"), &configs).map_err(ApiError::from)?;
+        write_json_atomic(&self.meta_dir.join("broker-configs.json"), &configs)
+            .map_err(ApiError::from)?;
         *self.dynamic.write() = configs;
         for t in self.all() {
             self.refresh_log_configs(&t);
@@ -383,7 +490,13 @@ impl Catalog {
     pub fn logs(&self) -> Vec<Arc<Log>> {
         self.all()
             .iter()
-            .flat_map(|t| t.partitions.read().iter().map(|p| p.log.clone()).collect::<Vec<_>>())
+            .flat_map(|t| {
+                t.partitions
+                    .read()
+                    .iter()
+                    .map(|p| p.log.clone())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -400,7 +513,10 @@ impl Catalog {
             return Err(e);
         }
         let marker = self.broker.log_dir.join(CLEAN_SHUTDOWN);
-        std::fs::write(&marker, b"").map_err(|source| StorageError::Io { path: marker, source })
+        std::fs::write(&marker, b"").map_err(|source| StorageError::Io {
+            path: marker,
+            source,
+        })
     }
 }
 
@@ -408,7 +524,11 @@ fn base64_url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -426,7 +546,11 @@ mod tests {
         assert!(validate_topic_name("todo.tasks.created").is_ok());
         assert!(validate_topic_name("a_b-C9").is_ok());
         for bad in ["", ".", "..", "has space", "ümlaut", &"x".repeat(250)] {
-            assert_eq!(validate_topic_name(bad).map_err(|e| e.code), Err(ResponseError::InvalidTopicException), "{bad}");
+            assert_eq!(
+                validate_topic_name(bad).map_err(|e| e.code),
+                Err(ResponseError::InvalidTopicException),
+                "{bad}"
+            );
         }
     }
 
@@ -434,6 +558,8 @@ mod tests {
     fn cluster_ids_look_like_kafkas() {
         let id = base64_url(&[0xff; 16]);
         assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 }

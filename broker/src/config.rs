@@ -110,7 +110,12 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
 
 /// Checks a value against its key's type and range.
 fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError> {
-    let long = || value.trim().parse::<i64>().map_err(|_| invalid(key, value, "not a number"));
+    let long = || {
+        value
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(key, value, "not a number"))
+    };
     match kind {
         Kind::Boolean => {
             if !matches!(value.trim(), "true" | "false") {
@@ -135,29 +140,47 @@ fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError>
         Ok(())
     };
     match key {
-        "compression.type" => {
-            if value != "producer" && Codec::from_name(value).is_none() {
-                return Err(invalid(key, value, "expected producer, none, gzip, snappy, lz4 or zstd"));
-            }
+        "compression.type" if value != "producer" && Codec::from_name(value).is_none() => {
+            return Err(invalid(
+                key,
+                value,
+                "expected producer, none, gzip, snappy, lz4 or zstd",
+            ));
         }
-        "cleanup.policy" | "log.cleanup.policy" => {
-            if value.split(',').any(|p| !matches!(p.trim(), "delete" | "compact")) || value.trim().is_empty() {
-                return Err(invalid(key, value, "expected delete, compact or both"));
-            }
+        "cleanup.policy" | "log.cleanup.policy"
+            if value.trim().is_empty()
+                || value
+                    .split(',')
+                    .any(|p| !matches!(p.trim(), "delete" | "compact")) =>
+        {
+            return Err(invalid(key, value, "expected delete, compact or both"));
         }
-        "message.timestamp.type" | "log.message.timestamp.type" => {
-            if !matches!(value, "CreateTime" | "LogAppendTime") {
-                return Err(invalid(key, value, "expected CreateTime or LogAppendTime"));
-            }
+        "message.timestamp.type" | "log.message.timestamp.type"
+            if !matches!(value, "CreateTime" | "LogAppendTime") =>
+        {
+            return Err(invalid(key, value, "expected CreateTime or LogAppendTime"));
         }
         "segment.bytes" | "log.segment.bytes" => min(14)?,
-        "segment.ms" | "log.roll.ms" | "flush.messages" | "flush.ms" | "log.flush.interval.messages"
-        | "log.flush.interval.ms" | "min.insync.replicas" | "num.partitions" | "default.replication.factor"
-        | "socket.request.max.bytes" | "queued.max.request.bytes" | "log.retention.check.interval.ms"
-        | "log.flush.offset.checkpoint.interval.ms" | "connections.max.idle.ms" => min(1)?,
+        "segment.ms"
+        | "log.roll.ms"
+        | "flush.messages"
+        | "flush.ms"
+        | "log.flush.interval.messages"
+        | "log.flush.interval.ms"
+        | "min.insync.replicas"
+        | "num.partitions"
+        | "default.replication.factor"
+        | "socket.request.max.bytes"
+        | "queued.max.request.bytes"
+        | "log.retention.check.interval.ms"
+        | "log.flush.offset.checkpoint.interval.ms"
+        | "connections.max.idle.ms" => min(1)?,
         "segment.index.bytes" | "log.index.size.max.bytes" => min(12)?,
         "retention.ms" | "log.retention.ms" | "retention.bytes" | "log.retention.bytes" => min(-1)?,
-        "index.interval.bytes" | "log.index.interval.bytes" | "max.message.bytes" | "message.max.bytes"
+        "index.interval.bytes"
+        | "log.index.interval.bytes"
+        | "max.message.bytes"
+        | "message.max.bytes"
         | "node.id" => min(0)?,
         _ => {}
     }
@@ -219,9 +242,16 @@ impl Listener {
                     .parse::<u16>()
                     .map_err(|_| invalid(key, value, "port is not a number in 0..65535"))?;
                 if name != "PLAINTEXT" {
-                    return Err(invalid(key, value, "only PLAINTEXT listeners are supported so far"));
+                    return Err(invalid(
+                        key,
+                        value,
+                        "only PLAINTEXT listeners are supported so far",
+                    ));
                 }
-                let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
                 Ok(Listener {
                     name: name.to_owned(),
                     host,
@@ -281,16 +311,29 @@ impl BrokerConfig {
         };
         let num = |key: &str| -> Result<i64, ConfigError> {
             let v = get(key);
-            v.trim().parse::<i64>().map_err(|_| invalid(key, &v, "not a number"))
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| invalid(key, &v, "not a number"))
         };
         let listeners = Listener::parse_list("listeners", &get("listeners"))?;
-        let advertised = Listener::parse_list("advertised.listeners", &get("advertised.listeners"))?;
-        let (Some(listener), Some(advertised)) = (listeners.into_iter().next(), advertised.into_iter().next()) else {
-            return Err(invalid("listeners", &get("listeners"), "at least one listener is required"));
+        let advertised =
+            Listener::parse_list("advertised.listeners", &get("advertised.listeners"))?;
+        let (Some(listener), Some(advertised)) =
+            (listeners.into_iter().next(), advertised.into_iter().next())
+        else {
+            return Err(invalid(
+                "listeners",
+                &get("listeners"),
+                "at least one listener is required",
+            ));
         };
         let dirs = get("log.dirs");
         if dirs.contains(',') {
-            return Err(invalid("log.dirs", &dirs, "Strom uses one data directory per node"));
+            return Err(invalid(
+                "log.dirs",
+                &dirs,
+                "Strom uses one data directory per node",
+            ));
         }
         let rack = get("broker.rack");
         Ok(Self {
@@ -299,7 +342,8 @@ impl BrokerConfig {
             advertised,
             log_dir: PathBuf::from(dirs.trim()),
             num_partitions: num("num.partitions")? as i32,
-            default_replication_factor: num("default.replication.factor")?.clamp(1, i64::from(i16::MAX)) as i16,
+            default_replication_factor: num("default.replication.factor")?
+                .clamp(1, i64::from(i16::MAX)) as i16,
             auto_create_topics: get("auto.create.topics.enable") == "true",
             delete_topic_enable: get("delete.topic.enable") == "true",
             socket_request_max_bytes: num("socket.request.max.bytes")? as usize,
@@ -329,7 +373,9 @@ fn canonical(key: &str, value: &str) -> Result<(String, String), ConfigError> {
             if *factor == 1 {
                 return Ok(((*target).to_owned(), value.to_owned()));
             }
-            let n = value.parse::<i64>().map_err(|_| invalid(key, value, "not a number"))?;
+            let n = value
+                .parse::<i64>()
+                .map_err(|_| invalid(key, value, "not a number"))?;
             return Ok(((*target).to_owned(), n.saturating_mul(*factor).to_string()));
         }
     }
@@ -351,7 +397,8 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
     let mut pending = String::new();
     for raw in text.lines() {
         let line = raw.trim_start();
-        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!')) {
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
+        {
             continue;
         }
         if let Some(cont) = line.strip_suffix('\\') {
@@ -362,7 +409,10 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
         let entry = std::mem::take(&mut pending);
         let split = entry.find(['=', ':', ' ', '\t']).unwrap_or(entry.len());
         let (k, v) = entry.split_at(split);
-        let v = v.trim_start().strip_prefix(['=', ':']).unwrap_or(v.trim_start());
+        let v = v
+            .trim_start()
+            .strip_prefix(['=', ':'])
+            .unwrap_or(v.trim_start());
         out.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     out
@@ -416,12 +466,15 @@ pub fn log_config(
         segment_ms: long("segment.ms", d.segment_ms),
         retention_ms: long("retention.ms", d.retention_ms),
         retention_bytes: long("retention.bytes", d.retention_bytes),
-        segment_index_bytes: long("segment.index.bytes", i64::from(d.segment_index_bytes)).clamp(12, i64::from(i32::MAX)) as u32,
-        index_interval_bytes: long("index.interval.bytes", i64::from(d.index_interval_bytes)).clamp(0, i64::from(i32::MAX)) as u32,
+        segment_index_bytes: long("segment.index.bytes", i64::from(d.segment_index_bytes))
+            .clamp(12, i64::from(i32::MAX)) as u32,
+        index_interval_bytes: long("index.interval.bytes", i64::from(d.index_interval_bytes))
+            .clamp(0, i64::from(i32::MAX)) as u32,
         flush_messages: long("flush.messages", d.flush_messages),
         flush_ms: long("flush.ms", d.flush_ms),
         flush_on_acks_all: broker.static_value("log.flush.acks.all").as_deref() != Some("false"),
-        max_message_bytes: long("max.message.bytes", i64::from(d.max_message_bytes)).clamp(0, i64::from(i32::MAX)) as i32,
+        max_message_bytes: long("max.message.bytes", i64::from(d.max_message_bytes))
+            .clamp(0, i64::from(i32::MAX)) as i32,
         compression: Codec::from_name(&value("compression.type")),
         timestamp_type: if value("message.timestamp.type") == "LogAppendTime" {
             TimestampType::LogAppendTime
@@ -437,7 +490,10 @@ mod tests {
     use super::*;
 
     fn layer(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -453,11 +509,15 @@ mod tests {
     #[test]
     fn properties_layers_aliases_and_errors() {
         let file = parse_properties("# comment\nbroker.id=3\nlog.retention.hours = 2\nlisteners: PLAINTEXT://127.0.0.1:19092\nnum.partitions \\\n  4\n");
-        let c = BrokerConfig::from_layers(&[file.clone(), layer(&[("num.partitions", "5")])]).expect("ok");
+        let c = BrokerConfig::from_layers(&[file.clone(), layer(&[("num.partitions", "5")])])
+            .expect("ok");
         assert_eq!(c.node_id, 3);
         assert_eq!(c.num_partitions, 5);
         assert_eq!(c.listener.port, 19092);
-        assert_eq!(c.static_props.get("log.retention.ms").map(String::as_str), Some("7200000"));
+        assert_eq!(
+            c.static_props.get("log.retention.ms").map(String::as_str),
+            Some("7200000")
+        );
         let lc = log_config(&c, &BTreeMap::new(), &BTreeMap::new());
         assert_eq!(lc.retention_ms, 7_200_000);
         assert_eq!(

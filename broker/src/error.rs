@@ -26,7 +26,10 @@ impl ApiError {
 
 impl From<ResponseError> for ApiError {
     fn from(code: ResponseError) -> Self {
-        Self { code, message: None }
+        Self {
+            code,
+            message: None,
+        }
     }
 }
 

@@ -45,7 +45,11 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains connections.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let budget = self.broker.config.queued_max_request_bytes.clamp(1, Semaphore::MAX_PERMITS);
+        let budget = self
+            .broker
+            .config
+            .queued_max_request_bytes
+            .clamp(1, Semaphore::MAX_PERMITS);
         let inflight = Arc::new(Semaphore::new(budget));
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -73,7 +77,10 @@ impl Server {
         }
         drop(self.listener);
         let _ = stop_tx.send(true);
-        tracing::info!(connections = conns.len(), "stopped accepting; draining in-flight requests");
+        tracing::info!(
+            connections = conns.len(),
+            "stopped accepting; draining in-flight requests"
+        );
         let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while conns.join_next().await.is_some() {}
         })
@@ -157,15 +164,20 @@ impl Connection {
     /// Routes one frame; `Err` carries why the connection must close.
     fn handle(&self, frame: BytesMut) -> Result<Reply, String> {
         let prefix = RequestPrefix::peek(&frame).ok_or("request shorter than its header")?;
-        let api = ApiKey::try_from(prefix.api_key).map_err(|_| format!("unknown API key {}", prefix.api_key))?;
-        let (lo, hi) = handlers::supported_range(api).ok_or_else(|| format!("API {api:?} is not supported"))?;
+        let api = ApiKey::try_from(prefix.api_key)
+            .map_err(|_| format!("unknown API key {}", prefix.api_key))?;
+        let (lo, hi) = handlers::supported_range(api)
+            .ok_or_else(|| format!("API {api:?} is not supported"))?;
         if !(lo..=hi).contains(&prefix.api_version) {
             if api == ApiKey::ApiVersions {
                 return handlers::unsupported_version_response(prefix.correlation_id)
                     .map(Reply::Now)
                     .map_err(|e| e.to_string());
             }
-            return Err(format!("{api:?} v{} is not supported (supported: v{lo}-v{hi})", prefix.api_version));
+            return Err(format!(
+                "{api:?} v{} is not supported (supported: v{lo}-v{hi})",
+                prefix.api_version
+            ));
         }
         let mut bytes = frame.freeze();
         let header_version = api.request_header_version(prefix.api_version);
@@ -176,7 +188,11 @@ impl Connection {
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Pending, OwnedSemaphorePermit)>, peer: SocketAddr) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<(Pending, OwnedSemaphorePermit)>,
+    peer: SocketAddr,
+) {
     while let Some((pending, permit)) = rx.recv().await {
         let bytes = match pending {
             Pending::Ready(b) => Ok(b),

@@ -301,8 +301,12 @@ mod tests {
 
     #[test]
     fn validate_accepts_a_well_formed_batch_and_edits_keep_the_crc() {
-        let mut batch = build_batch(Codec::None, 1_000, &[(Some(b"k"), Some(b"v")), (None, Some(b"w"))])
-            .expect("encode");
+        let mut batch = build_batch(
+            Codec::None,
+            1_000,
+            &[(Some(b"k"), Some(b"v")), (None, Some(b"w"))],
+        )
+        .expect("encode");
         let h = validate(&batch).expect("valid");
         assert_eq!(h.records_count, 2);
         assert_eq!(h.last_offset_delta, 1);
@@ -323,7 +327,10 @@ mod tests {
         let mut batch = build_batch(Codec::None, 1, &[(None, Some(b"hello"))]).expect("encode");
         let last = batch.len() - 1;
         batch[last] ^= 1;
-        assert!(matches!(validate(&batch), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&batch),
+            Err(BatchError::CrcMismatch { .. })
+        ));
     }
 
     #[test]

@@ -102,7 +102,8 @@ impl Codec {
             Codec::Gzip => bounded(&mut flate2::read::MultiGzDecoder::new(data)),
             Codec::Lz4 => bounded(&mut lz4_flex::frame::FrameDecoder::new(data)),
             Codec::Zstd => {
-                let mut dec = zstd::stream::read::Decoder::new(data).map_err(|e| self.corrupt(e))?;
+                let mut dec =
+                    zstd::stream::read::Decoder::new(data).map_err(|e| self.corrupt(e))?;
                 bounded(&mut dec)
             }
             Codec::Snappy => snappy_decompress(data, limit),
@@ -114,7 +115,8 @@ impl Codec {
         match self {
             Codec::None => Ok(data.to_vec()),
             Codec::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 enc.write_all(data).map_err(|e| self.compress_err(e))?;
                 enc.finish().map_err(|e| self.compress_err(e))
             }
@@ -186,14 +188,26 @@ fn snappy_compress_xerial(data: &[u8]) -> Result<Vec<u8>, CodecError> {
 mod tests {
     use super::*;
 
-    const ALL: [Codec; 5] = [Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd];
+    const ALL: [Codec; 5] = [
+        Codec::None,
+        Codec::Gzip,
+        Codec::Snappy,
+        Codec::Lz4,
+        Codec::Zstd,
+    ];
 
     #[test]
     fn every_codec_round_trips() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_be_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_be_bytes())
+            .collect();
         for codec in ALL {
             let c = codec.compress(&data).expect("compress");
-            assert_eq!(codec.decompress(&c, data.len()).expect("decompress"), data, "{codec:?}");
+            assert_eq!(
+                codec.decompress(&c, data.len()).expect("decompress"),
+                data,
+                "{codec:?}"
+            );
         }
     }
 
@@ -202,14 +216,22 @@ mod tests {
         let data = vec![0u8; 1 << 20];
         for codec in ALL {
             let c = codec.compress(&data).expect("compress");
-            assert!(matches!(codec.decompress(&c, 1000), Err(CodecError::TooLarge(_))), "{codec:?}");
+            assert!(
+                matches!(codec.decompress(&c, 1000), Err(CodecError::TooLarge(_))),
+                "{codec:?}"
+            );
         }
     }
 
     #[test]
     fn raw_snappy_is_accepted() {
-        let block = snap::raw::Encoder::new().compress_vec(b"hello hello hello").expect("snappy");
-        assert_eq!(Codec::Snappy.decompress(&block, 100).expect("raw"), b"hello hello hello");
+        let block = snap::raw::Encoder::new()
+            .compress_vec(b"hello hello hello")
+            .expect("snappy");
+        assert_eq!(
+            Codec::Snappy.decompress(&block, 100).expect("raw"),
+            b"hello hello hello"
+        );
     }
 
     proptest::proptest! {

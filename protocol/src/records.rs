@@ -77,12 +77,15 @@ pub fn decode(batch: &[u8], limit: usize) -> Result<Vec<Record>, RecordsError> {
         .map_err(|e| RecordsError::Malformed(e.to_string()))
 }
 
+/// A record as (key, value), either of which may be null.
+pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
 /// Builds one batch of v2 records with offsets from 0 and the given codec; for tests, benches
 /// and tools that produce.
 pub fn build_batch(
     codec: Codec,
     timestamp: i64,
-    records: &[(Option<&[u8]>, Option<&[u8]>)],
+    records: &[KeyValue<'_>],
 ) -> Result<Vec<u8>, RecordsError> {
     let records: Vec<Record> = records
         .iter()
@@ -110,12 +113,18 @@ pub fn build_batch(
         version: 2,
         compression: to_compression(codec),
     };
-    let compress = |plain: &mut BytesMut, out: &mut BytesMut, c: Compression| -> anyhow::Result<()> {
-        out.extend_from_slice(&from_compression(c).compress(plain)?);
-        Ok(())
-    };
-    RecordBatchEncoder::encode_with_custom_compression(&mut buf, &records, &options, Some(compress))
-        .map_err(|e| RecordsError::Malformed(e.to_string()))?;
+    let compress =
+        |plain: &mut BytesMut, out: &mut BytesMut, c: Compression| -> anyhow::Result<()> {
+            out.extend_from_slice(&from_compression(c).compress(plain)?);
+            Ok(())
+        };
+    RecordBatchEncoder::encode_with_custom_compression(
+        &mut buf,
+        &records,
+        &options,
+        Some(compress),
+    )
+    .map_err(|e| RecordsError::Malformed(e.to_string()))?;
     Ok(buf.to_vec())
 }
 
@@ -125,10 +134,19 @@ mod tests {
 
     #[test]
     fn recompress_keeps_records_and_header() {
-        let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> =
-            vec![(Some(b"a"), Some(b"1")), (Some(b"b"), Some(b"2")), (None, None)];
+        let recs: Vec<KeyValue<'_>> = vec![
+            (Some(b"a"), Some(b"1")),
+            (Some(b"b"), Some(b"2")),
+            (None, None),
+        ];
         let original = build_batch(Codec::Snappy, 500, &recs).expect("build");
-        for target in [Codec::None, Codec::Gzip, Codec::Lz4, Codec::Zstd, Codec::Snappy] {
+        for target in [
+            Codec::None,
+            Codec::Gzip,
+            Codec::Lz4,
+            Codec::Zstd,
+            Codec::Snappy,
+        ] {
             let out = recompress(&original, target, 1 << 20).expect("recompress");
             let h = batch::validate(&out).expect("valid batch");
             assert_eq!(h.codec().expect("codec"), target);

@@ -181,10 +181,7 @@ impl OffsetIndex {
     /// The last indexed (offset, position) at or before `target`; the segment start otherwise.
     pub fn lookup(&self, target: i64) -> (i64, u32) {
         let base = self.base_offset;
-        match self
-            .inner
-            .floor(target, |e| base + i64::from(be_u32(e)))
-        {
+        match self.inner.floor(target, |e| base + i64::from(be_u32(e))) {
             Some(i) => self.decode(self.inner.entry(i)),
             None => (self.base_offset, 0),
         }
@@ -192,7 +189,10 @@ impl OffsetIndex {
 
     /// Drops entries for offsets >= `offset`.
     pub fn truncate_to(&mut self, offset: i64) {
-        let keep = match self.inner.floor(offset - 1, |e| self.base_offset + i64::from(be_u32(e))) {
+        let keep = match self
+            .inner
+            .floor(offset - 1, |e| self.base_offset + i64::from(be_u32(e)))
+        {
             Some(i) => i + 1,
             None => 0,
         };
@@ -292,7 +292,9 @@ impl TimeIndex {
         let mut prev: Option<(i64, i64)> = None;
         for i in 0..self.inner.entries {
             let (t, o) = self.decode(self.inner.entry(i));
-            if o >= next_offset.max(self.base_offset + 1) || prev.is_some_and(|(pt, po)| t <= pt || o < po) {
+            if o >= next_offset.max(self.base_offset + 1)
+                || prev.is_some_and(|(pt, po)| t <= pt || o < po)
+            {
                 return false;
             }
             prev = Some((t, o));
@@ -346,7 +348,8 @@ mod tests {
     #[test]
     fn time_index_is_monotonic() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut idx = TimeIndex::open(&dir.path().join("0.timeindex"), 0, 1200, None).expect("open");
+        let mut idx =
+            TimeIndex::open(&dir.path().join("0.timeindex"), 0, 1200, None).expect("open");
         assert!(idx.maybe_append(10, 0));
         assert!(!idx.maybe_append(5, 3));
         assert!(idx.maybe_append(20, 5));

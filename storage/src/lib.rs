@@ -14,8 +14,8 @@ pub mod index;
 pub mod log;
 pub mod segment;
 
+pub use checkpoint::sync_dir as checkpoint_sync_dir;
 pub use config::{LogConfig, TimestampType};
 pub use error::StorageError;
-pub use checkpoint::sync_dir as checkpoint_sync_dir;
 pub use flush::Flusher;
 pub use log::{AppendResult, Log, ReadResult};

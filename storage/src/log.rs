@@ -130,10 +130,11 @@ impl Log {
             let base = cp.log_start_offset.max(0);
             segments.insert(base, Segment::create(dir, base, &cfg)?);
         }
-        let (next_offset, first_base) = match (segments.values().next_back(), segments.keys().next()) {
-            (Some(last), Some(first)) => (last.next_offset(), *first),
-            _ => (0, 0),
-        };
+        let (next_offset, first_base) =
+            match (segments.values().next_back(), segments.keys().next()) {
+                (Some(last), Some(first)) => (last.next_offset(), *first),
+                _ => (0, 0),
+            };
         if let Some(active) = segments.values_mut().next_back() {
             active.reopen_for_append(&cfg)?;
         }
@@ -214,7 +215,11 @@ impl Log {
 
     /// Appends validated batches (one or more, back to back), assigning offsets from the log
     /// end and stamping `leader_epoch`. Returns where they landed.
-    pub fn append(&self, mut data: BytesMut, leader_epoch: i32) -> Result<AppendResult, StorageError> {
+    pub fn append(
+        &self,
+        mut data: BytesMut,
+        leader_epoch: i32,
+    ) -> Result<AppendResult, StorageError> {
         let cfg = self.config();
         let now = now_ms();
         let mut inner = self.inner.lock();
@@ -239,7 +244,8 @@ impl Log {
             if log_append_time {
                 batch::set_log_append_time(one, now);
             }
-            let h = BatchHeader::parse(one).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            let h =
+                BatchHeader::parse(one).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
             next = h.last_offset() + 1;
             messages += i64::from(h.records_count);
             headers.push((h, pos));
@@ -343,9 +349,7 @@ impl Log {
             inner.last_flush_ms = now_ms();
             (files, dirty_dir, inner.next_offset)
         };
-        let mut result = files
-            .iter()
-            .try_for_each(|f| f.sync_data().at(&self.dir));
+        let mut result = files.iter().try_for_each(|f| f.sync_data().at(&self.dir));
         if result.is_ok() && dirty_dir {
             result = checkpoint::sync_dir(&self.dir);
         }
@@ -355,7 +359,8 @@ impl Log {
             self.flushed_tx.send_modify(|s| s.failed = true);
             return result;
         }
-        self.flushed_tx.send_modify(|s| s.flushed = s.flushed.max(target));
+        self.flushed_tx
+            .send_modify(|s| s.flushed = s.flushed.max(target));
         Ok(())
     }
 
@@ -376,7 +381,13 @@ impl Log {
     /// Reads whole batches starting with the one that contains `offset`, from one segment, up
     /// to `max_bytes` (the first batch is whole even if larger when `min_one`), never past
     /// `upper` (exclusive; the high watermark or a transaction bound).
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool, upper: i64) -> Result<ReadResult, StorageError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        upper: i64,
+    ) -> Result<ReadResult, StorageError> {
         let inner = self.inner.lock();
         let hw = upper.min(inner.next_offset);
         let start = inner.log_start_offset;
@@ -395,7 +406,11 @@ impl Log {
         if offset == hw || max_bytes == 0 && !min_one {
             return Ok(empty);
         }
-        let from = inner.segments.range(..=offset).next_back().map_or(i64::MIN, |(b, _)| *b);
+        let from = inner
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(i64::MIN, |(b, _)| *b);
         for seg in inner.segments.range(from..).map(|(_, s)| s) {
             let Some((pos, _)) = seg.position_of(offset, seg.size())? else {
                 continue;
@@ -403,7 +418,8 @@ impl Log {
             let end = if hw >= seg.next_offset() {
                 seg.size()
             } else {
-                seg.position_of(hw, seg.size())?.map_or(seg.size(), |(p, _)| p)
+                seg.position_of(hw, seg.size())?
+                    .map_or(seg.size(), |(p, _)| p)
             };
             let file = seg.file();
             let path = seg.path().to_path_buf();
@@ -466,11 +482,14 @@ impl Log {
             return Ok(Some((h.base_offset.max(min_offset), h.max_timestamp)));
         }
         let mut buf = vec![0u8; h.total_len()];
-        std::os::unix::fs::FileExt::read_exact_at(seg.file().as_ref(), &mut buf, pos).at(seg.path())?;
-        let records = strom_protocol::records::decode(&buf, DECODE_LIMIT).map_err(|e| StorageError::Corrupt {
-            path: seg.path().to_path_buf(),
-            position: pos,
-            reason: e.to_string(),
+        std::os::unix::fs::FileExt::read_exact_at(seg.file().as_ref(), &mut buf, pos)
+            .at(seg.path())?;
+        let records = strom_protocol::records::decode(&buf, DECODE_LIMIT).map_err(|e| {
+            StorageError::Corrupt {
+                path: seg.path().to_path_buf(),
+                position: pos,
+                reason: e.to_string(),
+            }
         })?;
         Ok(records
             .iter()
@@ -483,7 +502,11 @@ impl Log {
     pub fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
         {
             let mut inner = self.inner.lock();
-            let target = if offset == -1 { inner.next_offset } else { offset };
+            let target = if offset == -1 {
+                inner.next_offset
+            } else {
+                offset
+            };
             if target < 0 || target > inner.next_offset {
                 return Err(StorageError::OffsetOutOfRange {
                     offset,
@@ -539,7 +562,9 @@ impl Log {
             if inner.offline {
                 return Ok(0);
             }
-            let expired = |s: &Segment| cfg.retention_ms >= 0 && now - s.retention_timestamp() > cfg.retention_ms;
+            let expired = |s: &Segment| {
+                cfg.retention_ms >= 0 && now - s.retention_timestamp() > cfg.retention_ms
+            };
             let active_expired = inner
                 .segments
                 .values()
@@ -553,7 +578,8 @@ impl Log {
                     break;
                 };
                 let total: u64 = inner.segments.values().map(Segment::size).sum();
-                let over_size = cfg.retention_bytes >= 0 && total - first.size() >= cfg.retention_bytes as u64;
+                let over_size =
+                    cfg.retention_bytes >= 0 && total - first.size() >= cfg.retention_bytes as u64;
                 if !(expired(first) || over_size) {
                     break;
                 }

@@ -82,8 +82,18 @@ impl Segment {
             base_offset: base,
             file: Arc::new(file),
             size: 0,
-            offset_index: OffsetIndex::open(&index_path(dir, base), base, cfg.segment_index_bytes, Some(0))?,
-            time_index: TimeIndex::open(&time_index_path(dir, base), base, cfg.segment_index_bytes, Some(0))?,
+            offset_index: OffsetIndex::open(
+                &index_path(dir, base),
+                base,
+                cfg.segment_index_bytes,
+                Some(0),
+            )?,
+            time_index: TimeIndex::open(
+                &time_index_path(dir, base),
+                base,
+                cfg.segment_index_bytes,
+                Some(0),
+            )?,
             path,
             bytes_since_index: 0,
             max_timestamp: -1,
@@ -110,8 +120,14 @@ impl Segment {
     /// the next offset.
     pub fn open_clean(dir: &Path, base: i64, cfg: &LogConfig) -> Result<Self, StorageError> {
         let (path, file, size) = Self::open_files(dir, base)?;
-        let offset_index = OffsetIndex::open(&index_path(dir, base), base, cfg.segment_index_bytes, None)?;
-        let time_index = TimeIndex::open(&time_index_path(dir, base), base, cfg.segment_index_bytes, None)?;
+        let offset_index =
+            OffsetIndex::open(&index_path(dir, base), base, cfg.segment_index_bytes, None)?;
+        let time_index = TimeIndex::open(
+            &time_index_path(dir, base),
+            base,
+            cfg.segment_index_bytes,
+            None,
+        )?;
         let mut seg = Self {
             base_offset: base,
             file: Arc::new(file),
@@ -163,10 +179,24 @@ impl Segment {
     /// Opens a segment after an unclean shutdown: every batch is re-read and its CRC checked,
     /// both indexes are rebuilt, and the file is truncated at the first batch that is torn or
     /// corrupt (everything after it was never acknowledged as flushed).
-    pub fn recover(dir: &Path, base: i64, cfg: &LogConfig) -> Result<(Self, RecoveryOutcome), StorageError> {
+    pub fn recover(
+        dir: &Path,
+        base: i64,
+        cfg: &LogConfig,
+    ) -> Result<(Self, RecoveryOutcome), StorageError> {
         let (path, file, size) = Self::open_files(dir, base)?;
-        let offset_index = OffsetIndex::open(&index_path(dir, base), base, cfg.segment_index_bytes, Some(0))?;
-        let time_index = TimeIndex::open(&time_index_path(dir, base), base, cfg.segment_index_bytes, Some(0))?;
+        let offset_index = OffsetIndex::open(
+            &index_path(dir, base),
+            base,
+            cfg.segment_index_bytes,
+            Some(0),
+        )?;
+        let time_index = TimeIndex::open(
+            &time_index_path(dir, base),
+            base,
+            cfg.segment_index_bytes,
+            Some(0),
+        )?;
         let mut seg = Self {
             base_offset: base,
             file: Arc::new(file),
@@ -311,7 +341,11 @@ impl Segment {
 
     /// Appends already-offset-assigned batches; on a write error the file is cut back to its
     /// previous size so no half batch is ever served.
-    pub fn append(&mut self, data: &[u8], headers: &[(BatchHeader, usize)]) -> Result<(), StorageError> {
+    pub fn append(
+        &mut self,
+        data: &[u8],
+        headers: &[(BatchHeader, usize)],
+    ) -> Result<(), StorageError> {
         if let Err(e) = self.file.write_all_at(data, self.size) {
             if let Err(undo) = self.file.set_len(self.size) {
                 tracing::error!(segment = %self.path.display(), error = %undo, "could not undo a failed append");
@@ -345,7 +379,11 @@ impl Segment {
 
     /// Byte position of the first batch whose last offset is >= `offset`, or `None` when the
     /// segment holds no such batch below `limit` bytes.
-    pub fn position_of(&self, offset: i64, limit: u64) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+    pub fn position_of(
+        &self,
+        offset: i64,
+        limit: u64,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         let (_, pos) = self.offset_index.lookup(offset);
         let mut pos = u64::from(pos);
         while pos < limit {
@@ -368,7 +406,8 @@ impl Segment {
 
     /// Makes the segment writable again after a clean open left its indexes trimmed.
     pub fn reopen_for_append(&mut self, cfg: &LogConfig) -> Result<(), StorageError> {
-        self.offset_index.reopen_for_append(cfg.segment_index_bytes)?;
+        self.offset_index
+            .reopen_for_append(cfg.segment_index_bytes)?;
         self.time_index.reopen_for_append(cfg.segment_index_bytes)
     }
 

@@ -1,5 +1,6 @@
 //! Log store tests on real files: append/read, rolling, crash recovery, retention, DeleteRecords
 //! and time lookups.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use strom_storage::{Flusher, Log, LogConfig, StorageError};
 
 fn batch_of(n: usize, ts: i64, tag: &str) -> BytesMut {
     let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
-    let recs: Vec<(Option<&[u8]>, Option<&[u8]>)> = values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
+    let recs: Vec<strom_protocol::records::KeyValue<'_>> =
+        values.iter().map(|v| (None, Some(v.as_bytes()))).collect();
     BytesMut::from(&build_batch(Codec::None, ts, &recs).expect("build")[..])
 }
 
@@ -20,7 +22,9 @@ fn open(dir: &std::path::Path, cfg: LogConfig, clean: bool) -> Arc<Log> {
 }
 
 fn offsets_in(data: &[u8]) -> Vec<i64> {
-    batch::BatchIter::new(data).map(|(h, _)| h.base_offset).collect()
+    batch::BatchIter::new(data)
+        .map(|(h, _)| h.base_offset)
+        .collect()
 }
 
 #[test]
@@ -48,8 +52,15 @@ fn append_read_and_roll() {
     // Reading never passes the upper bound.
     let r = log.read(0, 1 << 20, true, 6).expect("read");
     assert!(offsets_in(&r.data).iter().all(|o| *o < 6));
-    assert!(matches!(log.read(61, 100, true, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
-    assert!(log.read(60, 100, true, i64::MAX).expect("at end").data.is_empty());
+    assert!(matches!(
+        log.read(61, 100, true, i64::MAX),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
+    assert!(log
+        .read(60, 100, true, i64::MAX)
+        .expect("at end")
+        .data
+        .is_empty());
     log.close().expect("close");
     drop(log);
     // Clean reopen keeps everything and appends continue.
@@ -65,7 +76,12 @@ fn append_read_and_roll() {
         }
     }
     assert_eq!(seen, (0..20).map(|i| i * 3).collect::<Vec<_>>());
-    assert_eq!(log.append(batch_of(1, 5, "x"), 0).expect("append").base_offset, 60);
+    assert_eq!(
+        log.append(batch_of(1, 5, "x"), 0)
+            .expect("append")
+            .base_offset,
+        60
+    );
 }
 
 #[test]
@@ -81,7 +97,10 @@ fn recovery_truncates_only_a_torn_tail() {
     let path = dir.path().join(format!("{:020}.log", 0));
     let len = std::fs::metadata(&path).expect("meta").len();
     // Tear the last batch in half.
-    let f = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     f.set_len(len - 7).expect("truncate");
     let log = open(dir.path(), cfg.clone(), false);
     assert_eq!(log.log_end_offset(), 18);
@@ -94,7 +113,10 @@ fn recovery_truncates_only_a_torn_tail() {
     let log = open(dir.path(), cfg, false);
     assert_eq!(log.log_end_offset(), 16);
     let r = log.read(0, 1 << 20, true, i64::MAX).expect("read");
-    assert_eq!(offsets_in(&r.data), (0..8).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(
+        offsets_in(&r.data),
+        (0..8).map(|i| i * 2).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -116,11 +138,17 @@ fn retention_by_size_and_delete_records() {
     assert!(log.size_bytes() <= one * 6);
     assert!(log.log_start_offset() > 0);
     let start = log.log_start_offset();
-    assert!(matches!(log.read(0, 100, true, i64::MAX), Err(StorageError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.read(0, 100, true, i64::MAX),
+        Err(StorageError::OffsetOutOfRange { .. })
+    ));
     assert_eq!(log.delete_records(9).expect("delete"), 9);
     assert!(9 > start);
     assert!(log.read(8, 100, true, i64::MAX).is_err());
-    assert_eq!(offsets_in(&log.read(9, 1000, true, i64::MAX).expect("read").data), vec![9]);
+    assert_eq!(
+        offsets_in(&log.read(9, 1000, true, i64::MAX).expect("read").data),
+        vec![9]
+    );
     assert!(log.delete_records(11).is_err());
 }
 
@@ -157,7 +185,14 @@ async fn group_commit_flushes_waiters() {
     let dir = tempfile::tempdir().expect("tempdir");
     let flusher = Flusher::new();
     let task = tokio::spawn(flusher.clone().run());
-    let log = Log::open(dir.path(), "t-0".into(), LogConfig::default(), flusher, true).expect("open");
+    let log = Log::open(
+        dir.path(),
+        "t-0".into(),
+        LogConfig::default(),
+        flusher,
+        true,
+    )
+    .expect("open");
     let r = log.append(batch_of(2, 1, "f"), 0).expect("append");
     assert!(log.flushed_offset() < r.last_offset + 1);
     log.wait_flushed(r.last_offset + 1).await.expect("flushed");

@@ -13,14 +13,24 @@ use crate::config;
 use crate::error::ApiError;
 
 /// Validates and stores a complete set of configs for one resource.
-pub(super) fn apply(ctx: &Ctx<'_>, resource_type: i8, name: &str, configs: BTreeMap<String, String>, validate_only: bool) -> Result<(), ApiError> {
+pub(super) fn apply(
+    ctx: &Ctx<'_>,
+    resource_type: i8,
+    name: &str,
+    configs: BTreeMap<String, String>,
+    validate_only: bool,
+) -> Result<(), ApiError> {
     let catalog = &ctx.broker.catalog;
-    let invalid = |e: config::ConfigError| ApiError::new(ResponseError::InvalidConfig, e.to_string());
+    let invalid =
+        |e: config::ConfigError| ApiError::new(ResponseError::InvalidConfig, e.to_string());
     match resource_type {
         TOPIC => {
-            let topic = catalog
-                .get(name)
-                .ok_or_else(|| ApiError::new(ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist")))?;
+            let topic = catalog.get(name).ok_or_else(|| {
+                ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                )
+            })?;
             for (k, v) in &configs {
                 config::validate_topic_config(k, v).map_err(invalid)?;
             }
@@ -32,11 +42,17 @@ pub(super) fn apply(ctx: &Ctx<'_>, resource_type: i8, name: &str, configs: BTree
         BROKER => {
             let node = ctx.broker.node_id().to_string();
             if !(name == node || name.is_empty()) {
-                return Err(ApiError::new(ResponseError::InvalidRequest, format!("this is broker {node}, not {name}")));
+                return Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("this is broker {node}, not {name}"),
+                ));
             }
             for (k, v) in &configs {
                 config::validate_dynamic_broker_config(k, v).map_err(|e| match e {
-                    config::ConfigError::Unknown(k) => ApiError::new(ResponseError::InvalidRequest, format!("cannot update `{k}` dynamically")),
+                    config::ConfigError::Unknown(k) => ApiError::new(
+                        ResponseError::InvalidRequest,
+                        format!("cannot update `{k}` dynamically"),
+                    ),
                     other => invalid(other),
                 })?;
             }
@@ -45,7 +61,10 @@ pub(super) fn apply(ctx: &Ctx<'_>, resource_type: i8, name: &str, configs: BTree
             }
             Ok(())
         }
-        other => Err(ApiError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+        other => Err(ApiError::new(
+            ResponseError::InvalidRequest,
+            format!("resource type {other} is not supported"),
+        )),
     }
 }
 
@@ -57,14 +76,26 @@ pub fn handle(ctx: &Ctx<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
             let configs = r
                 .configs
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_owned(), v.as_str().to_owned())))
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.as_str().to_owned(), v.as_str().to_owned()))
+                })
                 .collect();
             let out = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            match apply(ctx, r.resource_type, r.resource_name.as_str(), configs, req.validate_only) {
+            match apply(
+                ctx,
+                r.resource_type,
+                r.resource_name.as_str(),
+                configs,
+                req.validate_only,
+            ) {
                 Ok(()) => out,
-                Err(e) => out.with_error_code(e.code()).with_error_message(e.message.map(s)),
+                Err(e) => out
+                    .with_error_code(e.code())
+                    .with_error_message(e.message.map(s)),
             }
         })
         .collect();

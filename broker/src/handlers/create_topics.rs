@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
-use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::configs::topic_entries;
 use super::{s, Ctx};
@@ -22,26 +24,47 @@ pub fn handle(ctx: &Ctx<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
             let configs: BTreeMap<String, String> = t
                 .configs
                 .iter()
-                .filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str().to_owned(), v.as_str().to_owned())))
+                .filter_map(|c| {
+                    c.value
+                        .as_ref()
+                        .map(|v| (c.name.as_str().to_owned(), v.as_str().to_owned()))
+                })
                 .collect();
             let outcome = (|| -> Result<(i32, i16, uuid::Uuid), ApiError> {
                 if !seen.insert(name.clone()) {
-                    return Err(ApiError::new(ResponseError::InvalidRequest, format!("topic '{name}' appears more than once in the request")));
+                    return Err(ApiError::new(
+                        ResponseError::InvalidRequest,
+                        format!("topic '{name}' appears more than once in the request"),
+                    ));
                 }
                 let (mut partitions, mut replication) = (t.num_partitions, t.replication_factor);
                 if !t.assignments.is_empty() {
                     if partitions != -1 || replication != -1 {
-                        return Err(ApiError::new(ResponseError::InvalidRequest, "give either assignments or partitions and replication factor"));
+                        return Err(ApiError::new(
+                            ResponseError::InvalidRequest,
+                            "give either assignments or partitions and replication factor",
+                        ));
                     }
-                    if t.assignments.iter().any(|a| a.broker_ids.len() != 1 || *a.broker_ids[0] != node) {
-                        return Err(ApiError::new(ResponseError::InvalidReplicaAssignment, format!("this cluster has one broker, id {node}")));
+                    if t.assignments
+                        .iter()
+                        .any(|a| a.broker_ids.len() != 1 || *a.broker_ids[0] != node)
+                    {
+                        return Err(ApiError::new(
+                            ResponseError::InvalidReplicaAssignment,
+                            format!("this cluster has one broker, id {node}"),
+                        ));
                     }
                     partitions = t.assignments.len() as i32;
                     replication = 1;
                 }
-                let replication_out = if replication == -1 { catalog.broker_config().default_replication_factor } else { replication };
+                let replication_out = if replication == -1 {
+                    catalog.broker_config().default_replication_factor
+                } else {
+                    replication
+                };
                 if req.validate_only {
-                    let partitions = catalog.check_create(&name, partitions, replication, &configs)?;
+                    let partitions =
+                        catalog.check_create(&name, partitions, replication, &configs)?;
                     return Ok((partitions, replication_out, uuid::Uuid::nil()));
                 }
                 let topic = catalog.create(&name, partitions, replication, configs.clone())?;

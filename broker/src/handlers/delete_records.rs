@@ -1,7 +1,9 @@
 //! DeleteRecords (key 21): moves a partition's log start offset forward.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::Ctx;
@@ -18,7 +20,8 @@ pub fn handle(ctx: &Ctx<'_>, req: DeleteRecordsRequest) -> DeleteRecordsResponse
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let out = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+                    let out = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index);
                     let result = topic
                         .as_ref()
                         .and_then(|t| t.partition(p.partition_index))
@@ -30,7 +33,9 @@ pub fn handle(ctx: &Ctx<'_>, req: DeleteRecordsRequest) -> DeleteRecordsResponse
                     }
                 })
                 .collect();
-            DeleteRecordsTopicResult::default().with_name(t.name).with_partitions(partitions)
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     DeleteRecordsResponse::default().with_topics(topics)

@@ -1,7 +1,9 @@
 //! DescribeConfigs (key 32) for topics and this broker.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
 use super::configs::{broker_entries, topic_entries, Entry};
@@ -23,26 +25,48 @@ pub fn handle(ctx: &Ctx<'_>, req: DescribeConfigsRequest) -> DescribeConfigsResp
                 TOPIC => catalog
                     .get(&name)
                     .map(|t| topic_entries(catalog, &t.configs.read()))
-                    .ok_or_else(|| ApiError::new(ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist"))),
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ResponseError::UnknownTopicOrPartition,
+                            format!("topic '{name}' does not exist"),
+                        )
+                    }),
                 BROKER if name == node || name.is_empty() => Ok(broker_entries(catalog)),
-                BROKER => Err(ApiError::new(ResponseError::InvalidRequest, format!("this is broker {node}, not {name}"))),
-                other => Err(ApiError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+                BROKER => Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("this is broker {node}, not {name}"),
+                )),
+                other => Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("resource type {other} is not supported"),
+                )),
             };
             let out = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name);
             match entries {
                 Ok(entries) => {
-                    let keys = r.configuration_keys.map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>());
+                    let keys = r
+                        .configuration_keys
+                        .map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>());
                     out.with_configs(
                         entries
                             .into_iter()
                             .filter(|e| keys.as_ref().is_none_or(|k| k.contains(&e.name)))
-                            .map(|e| describe(e, ctx.version, req.include_synonyms, req.include_documentation))
+                            .map(|e| {
+                                describe(
+                                    e,
+                                    ctx.version,
+                                    req.include_synonyms,
+                                    req.include_documentation,
+                                )
+                            })
                             .collect(),
                     )
                 }
-                Err(e) => out.with_error_code(e.code()).with_error_message(e.message.map(s)),
+                Err(e) => out
+                    .with_error_code(e.code())
+                    .with_error_message(e.message.map(s)),
             }
         })
         .collect();

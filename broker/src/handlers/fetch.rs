@@ -45,7 +45,10 @@ pub(super) fn check_epoch(requested: i32, ours: i32) -> Result<(), ApiError> {
     }
 }
 
-pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchResponse> + Send + 'static {
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: FetchRequest,
+) -> impl Future<Output = FetchResponse> + Send + 'static {
     let version = ctx.version;
     let catalog = &ctx.broker.catalog;
     let session_error = version >= 7 && (req.session_id != 0 || req.session_epoch > 0);
@@ -54,9 +57,15 @@ pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchRes
         .into_iter()
         .map(|t| {
             let (topic, missing) = if version >= 13 {
-                (catalog.get_by_id(&t.topic_id), ResponseError::UnknownTopicId)
+                (
+                    catalog.get_by_id(&t.topic_id),
+                    ResponseError::UnknownTopicId,
+                )
             } else {
-                (catalog.get(t.topic.as_str()), ResponseError::UnknownTopicOrPartition)
+                (
+                    catalog.get(t.topic.as_str()),
+                    ResponseError::UnknownTopicOrPartition,
+                )
             };
             let parts = t
                 .partitions
@@ -68,7 +77,9 @@ pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchRes
                     current_leader_epoch: p.current_leader_epoch,
                     partition: match &topic {
                         None => Err(missing.into()),
-                        Some(tp) => tp.partition(p.partition).ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
+                        Some(tp) => tp
+                            .partition(p.partition)
+                            .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
                     },
                 })
                 .collect();
@@ -81,11 +92,16 @@ pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchRes
         .collect();
     let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
     let read_committed = req.isolation_level == 1;
     async move {
         if session_error {
-            return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+            return FetchResponse::default()
+                .with_error_code(ResponseError::FetchSessionIdNotFound.code());
         }
         let deadline = tokio::time::Instant::now() + max_wait;
         // Subscribe before the first read so an append between read and wait is not missed.
@@ -99,10 +115,15 @@ pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchRes
                 w.borrow_and_update();
             }
             let (resp, total, any_error) = read_all(&topics, version, max_bytes, read_committed);
-            if total >= min_bytes || any_error || watchers.is_empty() || tokio::time::Instant::now() >= deadline {
+            if total >= min_bytes
+                || any_error
+                || watchers.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
                 return resp;
             }
-            let changes = futures::future::select_all(watchers.iter_mut().map(|w| w.changed().boxed()));
+            let changes =
+                futures::future::select_all(watchers.iter_mut().map(|w| w.changed().boxed()));
             tokio::select! {
                 _ = changes => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -111,7 +132,12 @@ pub fn handle(ctx: &Ctx<'_>, req: FetchRequest) -> impl Future<Output = FetchRes
     }
 }
 
-fn read_all(topics: &[TopicWanted], version: i16, max_bytes: usize, read_committed: bool) -> (FetchResponse, usize, bool) {
+fn read_all(
+    topics: &[TopicWanted],
+    version: i16,
+    max_bytes: usize,
+    read_committed: bool,
+) -> (FetchResponse, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(topics.len());
@@ -169,5 +195,9 @@ fn read_all(topics: &[TopicWanted], version: i16, max_bytes: usize, read_committ
         }
         responses.push(topic);
     }
-    (FetchResponse::default().with_responses(responses), total, any_error)
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        any_error,
+    )
 }

@@ -17,23 +17,40 @@ const DELETE: i8 = 1;
 const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
-fn current(ctx: &Ctx<'_>, resource_type: i8, name: &str) -> Result<BTreeMap<String, String>, ApiError> {
+fn current(
+    ctx: &Ctx<'_>,
+    resource_type: i8,
+    name: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
     let catalog = &ctx.broker.catalog;
     match resource_type {
         TOPIC => catalog
             .get(name)
             .map(|t| t.configs.read().clone())
-            .ok_or_else(|| ApiError::new(ResponseError::UnknownTopicOrPartition, format!("topic '{name}' does not exist"))),
+            .ok_or_else(|| {
+                ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic '{name}' does not exist"),
+                )
+            }),
         BROKER => Ok(catalog.dynamic_configs()),
-        other => Err(ApiError::new(ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+        other => Err(ApiError::new(
+            ResponseError::InvalidRequest,
+            format!("resource type {other} is not supported"),
+        )),
     }
 }
 
 fn is_list(key: &str) -> bool {
-    TOPIC_KEYS.iter().any(|k| (k.name == key || k.broker_key == key) && k.kind == Kind::List)
+    TOPIC_KEYS
+        .iter()
+        .any(|k| (k.name == key || k.broker_key == key) && k.kind == Kind::List)
 }
 
-pub fn handle(ctx: &Ctx<'_>, req: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let responses = req
         .resources
         .into_iter()
@@ -53,10 +70,16 @@ pub fn handle(ctx: &Ctx<'_>, req: IncrementalAlterConfigsRequest) -> Incremental
                         (APPEND | SUBTRACT, Some(v)) if is_list(&key) => {
                             let mut items: Vec<String> = configs
                                 .get(&key)
-                                .map(|cur| cur.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect())
+                                .map(|cur| {
+                                    cur.split(',')
+                                        .map(|x| x.trim().to_owned())
+                                        .filter(|x| !x.is_empty())
+                                        .collect()
+                                })
                                 .unwrap_or_default();
                             for item in v.split(',').map(str::trim).filter(|x| !x.is_empty()) {
-                                if c.config_operation == APPEND && !items.iter().any(|i| i == item) {
+                                if c.config_operation == APPEND && !items.iter().any(|i| i == item)
+                                {
                                     items.push(item.to_owned());
                                 } else if c.config_operation == SUBTRACT {
                                     items.retain(|i| i != item);
@@ -65,10 +88,23 @@ pub fn handle(ctx: &Ctx<'_>, req: IncrementalAlterConfigsRequest) -> Incremental
                             configs.insert(key, items.join(","));
                         }
                         (APPEND | SUBTRACT, _) => {
-                            return Err(ApiError::new(ResponseError::InvalidConfig, format!("`{key}` is not a list; APPEND and SUBTRACT need one")));
+                            return Err(ApiError::new(
+                                ResponseError::InvalidConfig,
+                                format!("`{key}` is not a list; APPEND and SUBTRACT need one"),
+                            ));
                         }
-                        (SET, None) => return Err(ApiError::new(ResponseError::InvalidRequest, format!("SET of `{key}` has no value"))),
-                        (op, _) => return Err(ApiError::new(ResponseError::InvalidRequest, format!("unknown config operation {op}"))),
+                        (SET, None) => {
+                            return Err(ApiError::new(
+                                ResponseError::InvalidRequest,
+                                format!("SET of `{key}` has no value"),
+                            ))
+                        }
+                        (op, _) => {
+                            return Err(ApiError::new(
+                                ResponseError::InvalidRequest,
+                                format!("unknown config operation {op}"),
+                            ))
+                        }
                     }
                 }
                 alter_configs::apply(ctx, r.resource_type, &name, configs, req.validate_only)
@@ -78,7 +114,9 @@ pub fn handle(ctx: &Ctx<'_>, req: IncrementalAlterConfigsRequest) -> Incremental
                 .with_resource_name(r.resource_name);
             match outcome {
                 Ok(()) => out,
-                Err(e) => out.with_error_code(e.code()).with_error_message(e.message.map(s)),
+                Err(e) => out
+                    .with_error_code(e.code())
+                    .with_error_message(e.message.map(s)),
             }
         })
         .collect();

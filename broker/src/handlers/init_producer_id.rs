@@ -16,7 +16,7 @@ pub fn handle(ctx: &Ctx<'_>, req: InitProducerIdRequest) -> InitProducerIdRespon
             .with_producer_epoch(-1);
     }
     let (id, epoch) = match (*req.producer_id, req.producer_epoch) {
-        (id, epoch) if id >= 0 && epoch >= 0 && epoch < i16::MAX - 1 => (Ok(id), epoch + 1),
+        (id, epoch) if id >= 0 && (0..i16::MAX - 1).contains(&epoch) => (Ok(id), epoch + 1),
         _ => (ctx.broker.producer_ids.allocate(), 0),
     };
     match id {

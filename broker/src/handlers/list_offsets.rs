@@ -2,7 +2,9 @@
 //! and the first offset at or after a timestamp, found through the time index.
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::fetch::check_epoch;
@@ -26,7 +28,8 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                 .partitions
                 .into_iter()
                 .map(|p| {
-                    let out = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+                    let out = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index);
                     let found = (|| -> Result<(i64, i64, i32), ApiError> {
                         let part = topic
                             .as_ref()
@@ -44,7 +47,10 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                             },
                             LATEST_TIERED => (-1, -1, -1),
                             ts if ts < 0 => {
-                                return Err(ApiError::new(ResponseError::InvalidRequest, format!("unknown special timestamp {ts}")))
+                                return Err(ApiError::new(
+                                    ResponseError::InvalidRequest,
+                                    format!("unknown special timestamp {ts}"),
+                                ))
                             }
                             ts => match log.offset_for_timestamp(ts)? {
                                 Some((offset, ts)) => (offset, ts, epoch),
@@ -61,11 +67,16 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                                 out
                             }
                         }
-                        Err(e) => out.with_error_code(e.code()).with_offset(-1).with_timestamp(-1),
+                        Err(e) => out
+                            .with_error_code(e.code())
+                            .with_offset(-1)
+                            .with_timestamp(-1),
                     }
                 })
                 .collect();
-            ListOffsetsTopicResponse::default().with_name(t.name).with_partitions(partitions)
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
         })
         .collect();
     ListOffsetsResponse::default().with_topics(topics)

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
@@ -39,8 +41,15 @@ fn describe(ctx: &Ctx<'_>, topic: &Arc<Topic>) -> MetadataResponseTopic {
     out
 }
 
-fn error_topic(name: Option<TopicName>, id: Uuid, code: i16, version: i16) -> MetadataResponseTopic {
-    let mut out = MetadataResponseTopic::default().with_name(name).with_error_code(code);
+fn error_topic(
+    name: Option<TopicName>,
+    id: Uuid,
+    code: i16,
+    version: i16,
+) -> MetadataResponseTopic {
+    let mut out = MetadataResponseTopic::default()
+        .with_name(name)
+        .with_error_code(code);
     if version >= 10 {
         out.topic_id = id;
     }
@@ -64,7 +73,9 @@ pub fn handle(ctx: &Ctx<'_>, req: MetadataRequest) -> MetadataResponse {
                     let lookup = if req.allow_auto_topic_creation {
                         catalog.get_or_auto_create(name.as_str())
                     } else {
-                        catalog.get(name.as_str()).ok_or_else(|| ResponseError::UnknownTopicOrPartition.into())
+                        catalog
+                            .get(name.as_str())
+                            .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into())
                     };
                     match lookup {
                         Ok(t) => describe(ctx, &t),
@@ -73,7 +84,12 @@ pub fn handle(ctx: &Ctx<'_>, req: MetadataRequest) -> MetadataResponse {
                 }
                 None => match catalog.get_by_id(&wanted.topic_id) {
                     Some(t) => describe(ctx, &t),
-                    None => error_topic(None, wanted.topic_id, ResponseError::UnknownTopicId.code(), ctx.version),
+                    None => error_topic(
+                        None,
+                        wanted.topic_id,
+                        ResponseError::UnknownTopicId.code(),
+                        ctx.version,
+                    ),
                 },
             })
             .collect(),

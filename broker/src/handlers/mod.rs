@@ -96,10 +96,13 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let header_version = R::header_version(version);
-    let size = header.compute_size(header_version).map_err(|e| err(&e))? + body.compute_size(version).map_err(|e| err(&e))?;
+    let size = header.compute_size(header_version).map_err(|e| err(&e))?
+        + body.compute_size(version).map_err(|e| err(&e))?;
     let mut buf = BytesMut::with_capacity(4 + size);
     buf.extend_from_slice(&(size as i32).to_be_bytes());
-    header.encode(&mut buf, header_version).map_err(|e| err(&e))?;
+    header
+        .encode(&mut buf, header_version)
+        .map_err(|e| err(&e))?;
     body.encode(&mut buf, version).map_err(|e| err(&e))?;
     Ok(buf.freeze())
 }
@@ -119,7 +122,11 @@ pub struct Ctx<'a> {
     pub header: &'a RequestHeader,
 }
 
-fn now<R: Encodable + HeaderVersion>(api: ApiKey, ctx: &Ctx<'_>, body: R) -> Result<Reply, HandlerError> {
+fn now<R: Encodable + HeaderVersion>(
+    api: ApiKey,
+    ctx: &Ctx<'_>,
+    body: R,
+) -> Result<Reply, HandlerError> {
     encode_response(api, ctx.version, ctx.header.correlation_id, &body).map(Reply::Now)
 }
 
@@ -138,28 +145,85 @@ where
 /// Decodes and runs one request whose key and version were already checked against
 /// [`SUPPORTED`]. Work that must happen in request order (appends) happens before this returns;
 /// only waiting is deferred into [`Reply::Later`].
-pub fn dispatch(broker: &Arc<Broker>, api: ApiKey, header: &RequestHeader, mut body: Bytes) -> Result<Reply, HandlerError> {
+pub fn dispatch(
+    broker: &Arc<Broker>,
+    api: ApiKey,
+    header: &RequestHeader,
+    mut body: Bytes,
+) -> Result<Reply, HandlerError> {
     let version = header.request_api_version;
-    let ctx = Ctx { broker, version, header };
+    let ctx = Ctx {
+        broker,
+        version,
+        header,
+    };
     let b = &mut body;
     match api {
-        ApiKey::ApiVersions => now(api, &ctx, api_versions::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::ApiVersions => now(
+            api,
+            &ctx,
+            api_versions::handle(&ctx, decode(api, version, b)?),
+        ),
         ApiKey::Metadata => now(api, &ctx, metadata::handle(&ctx, decode(api, version, b)?)),
         ApiKey::Produce => Ok(match produce::handle(&ctx, decode(api, version, b)?) {
             Some(fut) => later(api, &ctx, fut),
             None => Reply::None,
         }),
-        ApiKey::Fetch => Ok(later(api, &ctx, fetch::handle(&ctx, decode(api, version, b)?))),
-        ApiKey::ListOffsets => now(api, &ctx, list_offsets::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::CreateTopics => now(api, &ctx, create_topics::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::DeleteTopics => now(api, &ctx, delete_topics::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::CreatePartitions => now(api, &ctx, create_partitions::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::DeleteRecords => now(api, &ctx, delete_records::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::DescribeConfigs => now(api, &ctx, describe_configs::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::AlterConfigs => now(api, &ctx, alter_configs::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::IncrementalAlterConfigs => now(api, &ctx, incremental_alter_configs::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::DescribeCluster => now(api, &ctx, describe_cluster::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::InitProducerId => now(api, &ctx, init_producer_id::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::Fetch => Ok(later(
+            api,
+            &ctx,
+            fetch::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::ListOffsets => now(
+            api,
+            &ctx,
+            list_offsets::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::CreateTopics => now(
+            api,
+            &ctx,
+            create_topics::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DeleteTopics => now(
+            api,
+            &ctx,
+            delete_topics::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::CreatePartitions => now(
+            api,
+            &ctx,
+            create_partitions::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DeleteRecords => now(
+            api,
+            &ctx,
+            delete_records::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DescribeConfigs => now(
+            api,
+            &ctx,
+            describe_configs::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::AlterConfigs => now(
+            api,
+            &ctx,
+            alter_configs::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::IncrementalAlterConfigs => now(
+            api,
+            &ctx,
+            incremental_alter_configs::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DescribeCluster => now(
+            api,
+            &ctx,
+            describe_cluster::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::InitProducerId => now(
+            api,
+            &ctx,
+            init_producer_id::handle(&ctx, decode(api, version, b)?),
+        ),
         other => Err(HandlerError::Decode {
             api: other,
             version,
@@ -171,4 +235,36 @@ pub fn dispatch(broker: &Arc<Broker>, api: ApiKey, header: &RequestHeader, mut b
 /// A response string field from a Rust string.
 pub(crate) fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's "Supported APIs" table must say exactly what ApiVersions advertises.
+    #[test]
+    fn readme_table_matches_advertised_versions() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## Supported APIs")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Supported APIs section");
+        let mut documented: Vec<(i16, i16, i16)> = section
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let key = cells.get(2)?.parse::<i16>().ok()?;
+                let (lo, hi) = cells.get(3)?.split_once('–')?;
+                Some((key, lo.parse().ok()?, hi.parse().ok()?))
+            })
+            .collect();
+        let mut advertised: Vec<(i16, i16, i16)> = SUPPORTED
+            .iter()
+            .map(|(k, lo, hi)| (*k as i16, *lo, *hi))
+            .collect();
+        documented.sort_unstable();
+        advertised.sort_unstable();
+        assert_eq!(documented, advertised);
+    }
 }

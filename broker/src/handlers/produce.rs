@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use strom_protocol::batch::{self, BatchError};
 use strom_protocol::records;
@@ -28,10 +30,13 @@ struct Appended {
 
 fn batch_error(e: &BatchError) -> ApiError {
     let code = match e {
-        BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } | BatchError::InvalidLength(_) | BatchError::UnknownCodec(_) => {
-            ResponseError::CorruptMessage
+        BatchError::CrcMismatch { .. }
+        | BatchError::Truncated { .. }
+        | BatchError::InvalidLength(_)
+        | BatchError::UnknownCodec(_) => ResponseError::CorruptMessage,
+        BatchError::UnsupportedMagic(_) | BatchError::CountMismatch { .. } => {
+            ResponseError::InvalidRecord
         }
-        BatchError::UnsupportedMagic(_) | BatchError::CountMismatch { .. } => ResponseError::InvalidRecord,
     };
     ApiError::new(code, e.to_string())
 }
@@ -41,20 +46,39 @@ fn prepare(data: Option<Bytes>, log: &Log) -> Result<BytesMut, ApiError> {
     let cfg = log.config();
     let data = data.unwrap_or_default();
     if data.is_empty() {
-        return Err(ApiError::new(ResponseError::InvalidRecord, "produce request carries no record batch"));
+        return Err(ApiError::new(
+            ResponseError::InvalidRecord,
+            "produce request carries no record batch",
+        ));
     }
     let header = batch::validate(&data).map_err(|e| batch_error(&e))?;
     if header.total_len() != data.len() {
-        return Err(ApiError::new(ResponseError::InvalidRecord, "produce requests v3+ must carry exactly one record batch per partition"));
+        return Err(ApiError::new(
+            ResponseError::InvalidRecord,
+            "produce requests v3+ must carry exactly one record batch per partition",
+        ));
     }
     if data.len() > cfg.max_message_bytes.max(0) as usize {
-        return Err(ApiError::new(ResponseError::MessageTooLarge, format!("batch of {} bytes exceeds max.message.bytes {}", data.len(), cfg.max_message_bytes)));
+        return Err(ApiError::new(
+            ResponseError::MessageTooLarge,
+            format!(
+                "batch of {} bytes exceeds max.message.bytes {}",
+                data.len(),
+                cfg.max_message_bytes
+            ),
+        ));
     }
     if header.is_control() {
-        return Err(ApiError::new(ResponseError::InvalidRecord, "clients may not write control batches"));
+        return Err(ApiError::new(
+            ResponseError::InvalidRecord,
+            "clients may not write control batches",
+        ));
     }
     if header.is_transactional() {
-        return Err(ApiError::new(ResponseError::InvalidTxnState, "transactions are not supported yet"));
+        return Err(ApiError::new(
+            ResponseError::InvalidTxnState,
+            "transactions are not supported yet",
+        ));
     }
     let codec = header.codec().map_err(|e| batch_error(&e))?;
     match cfg.compression {
@@ -66,7 +90,10 @@ fn prepare(data: Option<Bytes>, log: &Log) -> Result<BytesMut, ApiError> {
     }
 }
 
-pub fn handle(ctx: &Ctx<'_>, req: ProduceRequest) -> Option<impl Future<Output = ProduceResponse> + Send + 'static> {
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: ProduceRequest,
+) -> Option<impl Future<Output = ProduceResponse> + Send + 'static> {
     let acks = req.acks;
     let version = ctx.version;
     let valid_acks = matches!(acks, -1..=1);
@@ -109,9 +136,14 @@ pub fn handle(ctx: &Ctx<'_>, req: ProduceRequest) -> Option<impl Future<Output =
             for p in parts {
                 let outcome = match p.outcome {
                     Ok((r, log)) => {
-                        let must_flush = r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
+                        let must_flush =
+                            r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
                         match must_flush {
-                            true => log.wait_flushed(r.last_offset + 1).await.map(|()| r).map_err(ApiError::from),
+                            true => log
+                                .wait_flushed(r.last_offset + 1)
+                                .await
+                                .map(|()| r)
+                                .map_err(ApiError::from),
                             false => Ok(r),
                         }
                     }
@@ -119,13 +151,21 @@ pub fn handle(ctx: &Ctx<'_>, req: ProduceRequest) -> Option<impl Future<Output =
                 };
                 out.push(partition_response(p.index, outcome, version));
             }
-            responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(out));
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(out),
+            );
         }
         ProduceResponse::default().with_responses(responses)
     })
 }
 
-fn partition_response(index: i32, outcome: Result<strom_storage::AppendResult, ApiError>, version: i16) -> PartitionProduceResponse {
+fn partition_response(
+    index: i32,
+    outcome: Result<strom_storage::AppendResult, ApiError>,
+    version: i16,
+) -> PartitionProduceResponse {
     let resp = PartitionProduceResponse::default().with_index(index);
     match outcome {
         Ok(r) => resp
@@ -133,10 +173,16 @@ fn partition_response(index: i32, outcome: Result<strom_storage::AppendResult, A
             .with_log_append_time_ms(r.log_append_time)
             .with_log_start_offset(r.log_start_offset),
         Err(e) => {
-            let mut resp = resp.with_error_code(e.code()).with_base_offset(-1).with_log_start_offset(-1);
+            let mut resp = resp
+                .with_error_code(e.code())
+                .with_base_offset(-1)
+                .with_log_start_offset(-1);
             if version >= 8 {
                 resp.error_message = e.message.clone().map(s);
-                if matches!(e.code, ResponseError::InvalidRecord | ResponseError::CorruptMessage) {
+                if matches!(
+                    e.code,
+                    ResponseError::InvalidRecord | ResponseError::CorruptMessage
+                ) {
                     resp.record_errors = vec![BatchIndexAndErrorMessage::default()
                         .with_batch_index(0)
                         .with_batch_index_error_message(e.message.map(s))];

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Strom's whole test suite, exactly as CI runs it (.ci/run calls this):
+#   bash tests/run.sh
+# It installs what the tests need (Debian packages, the Python clients, the Java client jars),
+# checks formatting and lints, runs every Rust test (unit, storage, black-box with librdkafka),
+# then the stock-client compatibility suite against a real strom binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "toolchain"
+cargo --version
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --bin strom
+
+step "rust tests"
+cargo test --workspace
+
+step "stock clients"
+bash tests/compat/run.sh target/debug/strom
