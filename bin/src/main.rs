@@ -13,7 +13,11 @@ use strom_broker::server::Server;
 use strom_broker::Broker;
 
 #[derive(Parser)]
-#[command(name = "strom", version, about = "Strom: a Kafka-protocol-compatible message broker")]
+#[command(
+    name = "strom",
+    version,
+    about = "Strom: a Kafka-protocol-compatible message broker"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -77,7 +81,9 @@ impl ServeArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("STROM_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -99,7 +105,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the broker");
@@ -129,7 +137,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let broker = match tokio::task::spawn_blocking(move || Broker::open(config)).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
-            eprintln!("strom: cannot open data directory {}: {e}", data_dir.display());
+            eprintln!(
+                "strom: cannot open data directory {}: {e}",
+                data_dir.display()
+            );
             return ExitCode::from(1);
         }
         Err(e) => {

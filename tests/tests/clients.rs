@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -18,7 +21,8 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> FutureProducer {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap).set("message.timeout.ms", "20000");
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "20000");
     for (k, v) in extra {
         cfg.set(*k, *v);
     }
@@ -38,14 +42,23 @@ async fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(
         topic = topic.set(k, v);
     }
     let res = admin(bootstrap)
-        .create_topics(&[topic], &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        )
         .await
         .expect("create_topics");
     assert!(res.iter().all(Result::is_ok), "create {name}: {res:?}");
 }
 
 /// Sends `n` records, record i to partition i % partitions; returns (partition, offset, value).
-async fn produce(p: &FutureProducer, topic: &str, partitions: i32, n: usize, tag: &str) -> Vec<(i32, i64, String)> {
+async fn produce(
+    p: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    tag: &str,
+) -> Vec<(i32, i64, String)> {
     let sends: Vec<_> = (0..n)
         .map(|i| {
             let value = format!("{tag}-{i}-{}", "x".repeat(i % 50));
@@ -79,23 +92,31 @@ fn consume_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i32, i64, 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.partition.eof", "false")
-        .set("group.id", "strom-tests").set("enable.auto.commit", "false")
+        .set("group.id", "strom-tests")
+        .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
     let mut out = Vec::new();
     for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, TIMEOUT).expect("watermarks");
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, TIMEOUT)
+            .expect("watermarks");
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, partition, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("tpl");
         consumer.assign(&tpl).expect("assign");
         let deadline = std::time::Instant::now() + TIMEOUT;
         let mut next = -1;
         while next + 1 < high {
-            assert!(std::time::Instant::now() < deadline, "timed out reading {topic}/{partition} at {next} of {high}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out reading {topic}/{partition} at {next} of {high}"
+            );
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     next = m.offset();
-                    let value = String::from_utf8(m.payload().unwrap_or_default().to_vec()).expect("utf8");
+                    let value =
+                        String::from_utf8(m.payload().unwrap_or_default().to_vec()).expect("utf8");
                     out.push((m.partition(), m.offset(), value));
                 }
                 Some(Err(e)) => panic!("consume error: {e}"),
@@ -116,7 +137,10 @@ fn assert_dense(records: &[(i32, i64, String)], partitions: i32) {
     for p in 0..partitions {
         let offsets: Vec<i64> = records.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
         let expected: Vec<i64> = (0..offsets.len() as i64).collect();
-        assert_eq!(offsets, expected, "partition {p} offsets are not dense from 0");
+        assert_eq!(
+            offsets, expected,
+            "partition {p} offsets are not dense from 0"
+        );
     }
 }
 
@@ -128,7 +152,14 @@ async fn every_codec_and_acks_level_round_trips() {
         for acks in ["all", "1"] {
             let topic = format!("codec-{codec}-acks-{acks}");
             create_topic(&bs, &topic, 3, &[]).await;
-            let p = producer(&bs, &[("compression.type", codec), ("acks", acks), ("linger.ms", "5")]);
+            let p = producer(
+                &bs,
+                &[
+                    ("compression.type", codec),
+                    ("acks", acks),
+                    ("linger.ms", "5"),
+                ],
+            );
             let sent = produce(&p, &topic, 3, 1500, &topic).await;
             let got = consume_all(&bs, &topic, 3);
             assert_eq!(sorted(got.clone()), sorted(sent), "{topic}");
@@ -146,13 +177,29 @@ async fn acks_zero_is_written_without_a_response() {
     let sent = produce(&p, "acks0", 1, 200, "a0").await;
     assert_eq!(sent.len(), 200);
     // With acks=0 the client learns no offsets; wait until all are visible.
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bs).set("group.id", "strom-tests").set("enable.auto.commit", "false").create().expect("consumer");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "strom-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
     let deadline = std::time::Instant::now() + TIMEOUT;
-    while consumer.fetch_watermarks("acks0", 0, TIMEOUT).expect("wm").1 < 200 {
-        assert!(std::time::Instant::now() < deadline, "acks=0 records never arrived");
+    while consumer
+        .fetch_watermarks("acks0", 0, TIMEOUT)
+        .expect("wm")
+        .1
+        < 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks=0 records never arrived"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let got: Vec<String> = consume_all(&bs, "acks0", 1).into_iter().map(|r| r.2).collect();
+    let got: Vec<String> = consume_all(&bs, "acks0", 1)
+        .into_iter()
+        .map(|r| r.2)
+        .collect();
     let want: Vec<String> = sent.into_iter().map(|r| r.2).collect();
     assert_eq!(got, want);
 }
@@ -166,7 +213,10 @@ async fn topic_compression_type_recompresses_batches() {
     let sent = produce(&p, "recompress", 2, 500, "rc").await;
     assert_eq!(sorted(consume_all(&bs, "recompress", 2)), sorted(sent));
     // The stored batches carry codec 1 (gzip): attributes' low bits at byte 21..23 of each batch.
-    let seg = broker.data_dir().join("recompress-0").join(format!("{:020}.log", 0));
+    let seg = broker
+        .data_dir()
+        .join("recompress-0")
+        .join(format!("{:020}.log", 0));
     let bytes = std::fs::read(seg).expect("segment");
     assert!(bytes.len() > 61);
     assert_eq!(bytes[22] & 0x07, 1, "stored batch is not gzip");
@@ -181,22 +231,39 @@ async fn list_offsets_by_time_and_specials() {
     let t0 = 1_700_000_000_000i64;
     for i in 0..10i64 {
         let value = format!("t{i}");
-        p.send(FutureRecord::<str, str>::to("times").partition(0).payload(&value).timestamp(t0 + i * 1000), TIMEOUT)
-            .await
-            .expect("send");
+        p.send(
+            FutureRecord::<str, str>::to("times")
+                .partition(0)
+                .payload(&value)
+                .timestamp(t0 + i * 1000),
+            TIMEOUT,
+        )
+        .await
+        .expect("send");
     }
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bs).set("group.id", "strom-tests").set("enable.auto.commit", "false").create().expect("consumer");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "strom-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
     let lookup = |ts: i64| {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset("times", 0, Offset::Offset(ts)).expect("tpl");
-        let r = consumer.offsets_for_times(tpl, TIMEOUT).expect("offsets_for_times");
+        tpl.add_partition_offset("times", 0, Offset::Offset(ts))
+            .expect("tpl");
+        let r = consumer
+            .offsets_for_times(tpl, TIMEOUT)
+            .expect("offsets_for_times");
         r.find_partition("times", 0).expect("partition").offset()
     };
     assert_eq!(lookup(t0), Offset::Offset(0));
     assert_eq!(lookup(t0 + 5500), Offset::Offset(6));
     assert_eq!(lookup(t0 + 9000), Offset::Offset(9));
     assert_eq!(lookup(t0 + 10_000), Offset::End);
-    assert_eq!(consumer.fetch_watermarks("times", 0, TIMEOUT).expect("wm"), (0, 10));
+    assert_eq!(
+        consumer.fetch_watermarks("times", 0, TIMEOUT).expect("wm"),
+        (0, 10)
+    );
 }
 
 #[tokio::test]
@@ -207,74 +274,174 @@ async fn admin_topics_partitions_configs_and_records() {
     let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
     create_topic(&bs, "adm", 3, &[("retention.ms", "3600000")]).await;
 
-    let dup = a.create_topics(&[NewTopic::new("adm", 1, TopicReplication::Fixed(1))], &opts).await.expect("request");
-    assert_eq!(dup[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::TopicAlreadyExists));
-    let bad = a.create_topics(&[NewTopic::new("bad name", 1, TopicReplication::Fixed(1))], &opts).await.expect("request");
-    assert_eq!(bad[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidTopic));
-    let bad_cfg = a
-        .create_topics(&[NewTopic::new("adm2", 1, TopicReplication::Fixed(1)).set("compression.type", "brotli")], &opts)
+    let dup = a
+        .create_topics(
+            &[NewTopic::new("adm", 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
         .await
         .expect("request");
-    assert_eq!(bad_cfg[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidConfig));
-    let rf = a.create_topics(&[NewTopic::new("adm3", 1, TopicReplication::Fixed(3))], &opts).await.expect("request");
-    assert_eq!(rf[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidReplicationFactor));
+    assert_eq!(
+        dup[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::TopicAlreadyExists)
+    );
+    let bad = a
+        .create_topics(
+            &[NewTopic::new("bad name", 1, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await
+        .expect("request");
+    assert_eq!(
+        bad[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidTopic)
+    );
+    let bad_cfg = a
+        .create_topics(
+            &[NewTopic::new("adm2", 1, TopicReplication::Fixed(1))
+                .set("compression.type", "brotli")],
+            &opts,
+        )
+        .await
+        .expect("request");
+    assert_eq!(
+        bad_cfg[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidConfig)
+    );
+    let rf = a
+        .create_topics(
+            &[NewTopic::new("adm3", 1, TopicReplication::Fixed(3))],
+            &opts,
+        )
+        .await
+        .expect("request");
+    assert_eq!(
+        rf[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidReplicationFactor)
+    );
     let only = a
-        .create_topics(&[NewTopic::new("adm4", 2, TopicReplication::Fixed(1))], &AdminOptions::new().validate_only(true))
+        .create_topics(
+            &[NewTopic::new("adm4", 2, TopicReplication::Fixed(1))],
+            &AdminOptions::new().validate_only(true),
+        )
         .await
         .expect("request");
     assert!(only[0].is_ok());
 
     // DescribeConfigs: the override is reported as a topic config, the rest as defaults.
-    let described = a.describe_configs(&[ResourceSpecifier::Topic("adm")], &opts).await.expect("describe");
+    let described = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .expect("describe");
     let cfg = described[0].as_ref().expect("topic config");
     let retention = cfg.get("retention.ms").expect("retention.ms");
     assert_eq!(retention.value.as_deref(), Some("3600000"));
     assert!(matches!(retention.source, ConfigSource::DynamicTopic));
-    assert!(matches!(cfg.get("segment.bytes").map(|e| &e.source), Some(ConfigSource::Default)));
-    let broker_cfg = a.describe_configs(&[ResourceSpecifier::Broker(1)], &opts).await.expect("describe broker");
-    assert!(broker_cfg[0].as_ref().expect("broker").get("num.partitions").is_some());
+    assert!(matches!(
+        cfg.get("segment.bytes").map(|e| &e.source),
+        Some(ConfigSource::Default)
+    ));
+    let broker_cfg = a
+        .describe_configs(&[ResourceSpecifier::Broker(1)], &opts)
+        .await
+        .expect("describe broker");
+    assert!(broker_cfg[0]
+        .as_ref()
+        .expect("broker")
+        .get("num.partitions")
+        .is_some());
 
     // AlterConfigs replaces the topic's overrides.
-    let alter = AlterConfig::new(ResourceSpecifier::Topic("adm")).set("retention.ms", "7200000").set("max.message.bytes", "2000000");
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("adm"))
+        .set("retention.ms", "7200000")
+        .set("max.message.bytes", "2000000");
     let res = a.alter_configs(&[alter], &opts).await.expect("alter");
     assert!(res[0].is_ok(), "{res:?}");
-    let described = a.describe_configs(&[ResourceSpecifier::Topic("adm")], &opts).await.expect("describe");
+    let described = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .expect("describe");
     let cfg = described[0].as_ref().expect("topic config");
-    assert_eq!(cfg.get("retention.ms").and_then(|e| e.value.as_deref()), Some("7200000"));
-    assert_eq!(cfg.get("max.message.bytes").and_then(|e| e.value.as_deref()), Some("2000000"));
+    assert_eq!(
+        cfg.get("retention.ms").and_then(|e| e.value.as_deref()),
+        Some("7200000")
+    );
+    assert_eq!(
+        cfg.get("max.message.bytes")
+            .and_then(|e| e.value.as_deref()),
+        Some("2000000")
+    );
     let bad_alter = a
-        .alter_configs(&[AlterConfig::new(ResourceSpecifier::Topic("adm")).set("retention.ms", "soon")], &opts)
+        .alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic("adm")).set("retention.ms", "soon")],
+            &opts,
+        )
         .await
         .expect("alter");
     // rdkafka-rs reports per-resource AlterConfigs errors as Ok (confluent-kafka sees
     // INVALID_CONFIG, checked in tests/compat); what matters here is that nothing changed.
     assert_eq!(bad_alter.len(), 1);
-    let described = a.describe_configs(&[ResourceSpecifier::Topic("adm")], &opts).await.expect("describe");
+    let described = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .expect("describe");
     let cfg = described[0].as_ref().expect("topic config");
-    assert_eq!(cfg.get("retention.ms").and_then(|e| e.value.as_deref()), Some("7200000"));
+    assert_eq!(
+        cfg.get("retention.ms").and_then(|e| e.value.as_deref()),
+        Some("7200000")
+    );
 
     // CreatePartitions.
-    let res = a.create_partitions(&[NewPartitions::new("adm", 5)], &opts).await.expect("partitions");
+    let res = a
+        .create_partitions(&[NewPartitions::new("adm", 5)], &opts)
+        .await
+        .expect("partitions");
     assert!(res[0].is_ok(), "{res:?}");
-    let shrink = a.create_partitions(&[NewPartitions::new("adm", 2)], &opts).await.expect("partitions");
-    assert_eq!(shrink[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::InvalidPartitions));
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bs).set("group.id", "strom-tests").set("enable.auto.commit", "false").create().expect("consumer");
-    let md = consumer.fetch_metadata(Some("adm"), TIMEOUT).expect("metadata");
+    let shrink = a
+        .create_partitions(&[NewPartitions::new("adm", 2)], &opts)
+        .await
+        .expect("partitions");
+    assert_eq!(
+        shrink[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::InvalidPartitions)
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "strom-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some("adm"), TIMEOUT)
+        .expect("metadata");
     assert_eq!(md.topics()[0].partitions().len(), 5);
 
     // DeleteRecords moves the low watermark.
     let p = producer(&bs, &[]);
     produce(&p, "adm", 1, 10, "dr").await;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("adm", 0, Offset::Offset(4)).expect("tpl");
+    tpl.add_partition_offset("adm", 0, Offset::Offset(4))
+        .expect("tpl");
     let res = a.delete_records(&tpl, &opts).await.expect("delete records");
-    assert_eq!(res.find_partition("adm", 0).expect("p0").offset(), Offset::Offset(4));
-    assert_eq!(consumer.fetch_watermarks("adm", 0, TIMEOUT).expect("wm"), (4, 10));
+    assert_eq!(
+        res.find_partition("adm", 0).expect("p0").offset(),
+        Offset::Offset(4)
+    );
+    assert_eq!(
+        consumer.fetch_watermarks("adm", 0, TIMEOUT).expect("wm"),
+        (4, 10)
+    );
 
     // DeleteTopics.
     let res = a.delete_topics(&["adm"], &opts).await.expect("delete");
     assert!(res[0].is_ok(), "{res:?}");
-    let res = a.delete_topics(&["adm"], &opts).await.expect("delete again");
-    assert_eq!(res[0].as_ref().err().map(|e| e.1), Some(RDKafkaErrorCode::UnknownTopicOrPartition));
+    let res = a
+        .delete_topics(&["adm"], &opts)
+        .await
+        .expect("delete again");
+    assert_eq!(
+        res[0].as_ref().err().map(|e| e.1),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+    );
     assert!(!broker.data_dir().join("adm-0").exists());
 }
