@@ -126,13 +126,16 @@ impl Catalog {
             move |source| StorageError::Io { path, source }
         };
         let meta_dir = root.join(META_DIR);
+        // A brand-new data directory has nothing to recover.
+        let fresh = !meta_dir.exists();
         std::fs::create_dir_all(meta_dir.join("topics")).map_err(io(&meta_dir))?;
         let cluster_id = Self::load_cluster_id(&root, broker.node_id)?;
         let marker = root.join(CLEAN_SHUTDOWN);
-        let clean = marker.exists();
-        if clean {
+        let clean = fresh || marker.exists();
+        if marker.exists() {
             std::fs::remove_file(&marker).map_err(io(&marker))?;
-        } else {
+        }
+        if !clean {
             tracing::info!(dir = %root.display(), "no clean-shutdown marker: recovering logs");
         }
         let dynamic: BTreeMap<String, String> = std::fs::read(meta_dir.join("broker-configs.json"))

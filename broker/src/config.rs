@@ -54,7 +54,7 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("log.dirs", Kind::String, "./data", "Directory holding partition logs and metadata."),
     ("num.partitions", Kind::Int, "1", "Partitions of auto-created topics and of CreateTopics with -1."),
     ("default.replication.factor", Kind::Int, "1", "Replication factor of auto-created topics."),
-    ("auto.create.topics.enable", Kind::Boolean, "true", "Create unknown topics on Metadata and Produce requests."),
+    ("auto.create.topics.enable", Kind::Boolean, "true", "Create unknown topics when a Metadata request allows it."),
     ("delete.topic.enable", Kind::Boolean, "true", "Allow DeleteTopics."),
     ("log.retention.check.interval.ms", Kind::Long, "300000", "How often retention runs."),
     ("log.flush.offset.checkpoint.interval.ms", Kind::Long, "60000", "How often recovery points are checkpointed."),

@@ -44,9 +44,15 @@ for tool in kcat javac java; do
 done
 
 # ---------------------------------------------------------------- Python venv
-PY_PKGS=(kafka-python confluent-kafka python-snappy cramjam lz4 zstandard)
+# kafka-python's codecs (kafka/codec.py) import: snappy (python-snappy, which needs cramjam),
+# lz4.frame (lz4) and zstandard; gzip is in the standard library.
+PY_PKGS=("kafka-python>=3.0" "confluent-kafka>=2.16" python-snappy cramjam lz4 zstandard)
 if [ ! -x "$VENV/bin/python" ]; then
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3 python3-venv
+    fi
     log "creating venv $VENV"
+    rm -rf "$VENV"
     python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
@@ -61,13 +67,13 @@ then
         --upgrade "${PY_PKGS[@]}"
 fi
 "$VENV/bin/python" - <<'EOF'
-import kafka, confluent_kafka
+import sys, kafka, confluent_kafka
 from kafka.codec import has_gzip, has_snappy, has_lz4, has_zstd
 codecs = dict(gzip=has_gzip(), snappy=has_snappy(), lz4=has_lz4(), zstd=has_zstd())
 assert all(codecs.values()), codecs
 print("[install] kafka-python %s, confluent-kafka %s (librdkafka %s), codecs %s"
       % (kafka.__version__, confluent_kafka.__version__, confluent_kafka.libversion()[0],
-         ",".join(codecs)), flush=True)
+         ",".join(codecs)), file=sys.stderr, flush=True)
 EOF
 
 # ---------------------------------------------------------------- Java client jars
@@ -102,7 +108,7 @@ with zipfile.ZipFile(wheel) as z:
             with z.open(n) as src, open(out + ".tmp", "wb") as dst:
                 dst.write(src.read())
             os.replace(out + ".tmp", out)
-            print("[install]   " + os.path.basename(n), flush=True)
+            print("[install]   " + os.path.basename(n), file=sys.stderr, flush=True)
 EOF
 fi
 have_jars || { log "ERROR: jars missing in $JLIB"; exit 1; }

@@ -17,10 +17,13 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT" || exit 2
-
 STROM="${1:-target/release/strom}"
-case "$STROM" in /*) ;; *) STROM="$ROOT/$STROM" ;; esac
+# a relative path is taken relative to the caller's directory if it exists there, else to the repo root
+case "$STROM" in
+    /*) ;;
+    *) if [ -n "${1:-}" ] && [ -e "$STROM" ]; then STROM="$(pwd)/$STROM"; else STROM="$ROOT/$STROM"; fi ;;
+esac
+cd "$ROOT" || exit 2
 if [ ! -x "$STROM" ]; then
     echo "run.sh: broker binary $STROM not found or not executable (build it first: cargo build --release)" >&2
     exit 2
@@ -40,7 +43,8 @@ bash "$ROOT/tests/compat/install.sh" || { echo "run.sh: install.sh failed" >&2; 
 
 log "compiling JavaClient.java"
 mkdir -p "$CACHE/java-classes"
-javac -nowarn -cp "$CACHE/java-lib/*" -d "$CACHE/java-classes" "$CLIENTS_DIR/JavaClient.java" \
+javac -nowarn -cp "$CACHE/java-lib/*" -d "$CACHE/java-classes" \
+    "$CLIENTS_DIR/JavaClient.java" "$CLIENTS_DIR/StaticLoggerBinder.java" \
     || { echo "run.sh: javac failed" >&2; exit 2; }
 
 RUNLOG="$CACHE/last-run"
@@ -72,19 +76,22 @@ BOOT="127.0.0.1:$PORT"
 
 start_broker() {
     echo "===== [compat] $(date -u +%FT%TZ) starting $STROM on $BOOT (data dir $DATADIR) =====" >>"$BROKER_LOG"
-    "$STROM" --listeners "PLAINTEXT://$BOOT" --advertised-listeners "PLAINTEXT://$BOOT" \
+    NO_COLOR=1 "$STROM" --listeners "PLAINTEXT://$BOOT" --advertised-listeners "PLAINTEXT://$BOOT" \
         --log-dirs "$DATADIR" >>"$BROKER_LOG" 2>&1 &
     BROKER_PID=$!
     local deadline=$((SECONDS + 30))
     while ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do
         if ! kill -0 "$BROKER_PID" 2>/dev/null; then
             wait "$BROKER_PID"
-            log "broker exited with status $? before accepting connections"
+            local st=$?
+            log "broker exited with status $st before accepting connections"
+            echo "broker FAIL exited with status $st before accepting connections" >>"$RUNLOG/broker.out"
             BROKER_PID=""
             return 1
         fi
         if [ $SECONDS -ge $deadline ]; then
             log "broker did not accept connections on $BOOT within 30s"
+            echo "broker FAIL did not accept connections on $BOOT within 30s" >>"$RUNLOG/broker.out"
             return 1
         fi
         sleep 0.2
@@ -104,6 +111,11 @@ run_client() { # <client> <mode>
     esac
     local out="$RUNLOG/$client-$mode.out" err="$RUNLOG/$client-$mode.log" rc t0=$SECONDS
     log "$client $mode ..."
+    if [ -z "$BROKER_PID" ] || ! kill -0 "$BROKER_PID" 2>/dev/null; then
+        echo "$client all FAIL broker process is not running (crashed?); client not started" >"$out"
+        log "    -> FAIL (broker process is not running)"
+        return 1
+    fi
     timeout -k 10 "$CLIENT_TIMEOUT" "${cmd[@]}" "$BOOT" "$prefix" "$mode" >"$out" 2>"$err"
     rc=$?
     sed "s/^/    /" "$out" >&2
@@ -133,6 +145,7 @@ if start_broker; then
     done
     if [ -n "$BROKER_PID" ] && ! kill -0 "$BROKER_PID" 2>/dev/null; then
         log "broker process died during the produce phase"
+        echo "broker FAIL process died during the produce phase" >>"$RUNLOG/broker.out"
     fi
 else
     for c in "${CLIENTS[@]}"; do RESULT[$c,produce]=FAIL; done
@@ -166,7 +179,7 @@ if [ "$FAILED" -gt 0 ]; then
     cat "$RUNLOG"/*.out 2>/dev/null | grep ' FAIL ' | sed 's/^/  /'
     echo
     echo "----- last 50 lines of broker log ($BROKER_LOG) -----"
-    tail -n 50 "$BROKER_LOG"
+    tail -n 50 "$BROKER_LOG" | sed 's/\x1b\[[0-9;]*m//g'
     echo "-----"
     echo
 fi

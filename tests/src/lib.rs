@@ -12,7 +12,9 @@ pub fn strom_bin() -> PathBuf {
     if let Ok(p) = std::env::var("STROM_BIN") {
         return PathBuf::from(p);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target");
     for profile in ["debug", "release"] {
         let p = root.join(profile).join("strom");
         if p.exists() {
@@ -50,7 +52,10 @@ impl Strom {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
-            overrides: overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         s.spawn();
         s
@@ -103,12 +108,22 @@ impl Strom {
             if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("strom exited during start-up with {status}:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "strom exited during start-up with {status}:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("strom did not accept connections within 30 s:\n{}", self.log());
+        panic!(
+            "strom did not accept connections within 30 s:\n{}",
+            self.log()
+        );
     }
 
     /// The broker's log so far, for assertion messages.
@@ -118,7 +133,9 @@ impl Strom {
 
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// SIGKILL: no chance to flush or close anything.
@@ -132,7 +149,10 @@ impl Strom {
     /// SIGTERM and wait for exit, returning the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = c.try_wait() {

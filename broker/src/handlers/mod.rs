@@ -74,6 +74,8 @@ pub enum HandlerError {
         version: i16,
         reason: String,
     },
+    #[error("{0}")]
+    Close(String),
     #[error("cannot encode {api:?} v{version} response: {reason}")]
     Encode {
         api: ApiKey,
@@ -165,10 +167,11 @@ pub fn dispatch(
             api_versions::handle(&ctx, decode(api, version, b)?),
         ),
         ApiKey::Metadata => now(api, &ctx, metadata::handle(&ctx, decode(api, version, b)?)),
-        ApiKey::Produce => Ok(match produce::handle(&ctx, decode(api, version, b)?) {
-            Some(fut) => later(api, &ctx, fut),
-            None => Reply::None,
-        }),
+        ApiKey::Produce => match produce::handle(&ctx, decode(api, version, b)?) {
+            produce::Outcome::Respond(fut) => Ok(later(api, &ctx, fut)),
+            produce::Outcome::Silent => Ok(Reply::None),
+            produce::Outcome::Close(reason) => Err(HandlerError::Close(reason)),
+        },
         ApiKey::Fetch => Ok(later(
             api,
             &ctx,

@@ -90,10 +90,20 @@ fn prepare(data: Option<Bytes>, log: &Log) -> Result<BytesMut, ApiError> {
     }
 }
 
+/// How a produce request is answered.
+pub enum Outcome<F> {
+    /// acks=1 or all: the response once any required flush is done.
+    Respond(F),
+    /// acks=0 and everything was appended: no response.
+    Silent,
+    /// acks=0 and something failed: the connection must close.
+    Close(String),
+}
+
 pub fn handle(
     ctx: &Ctx<'_>,
     req: ProduceRequest,
-) -> Option<impl Future<Output = ProduceResponse> + Send + 'static> {
+) -> Outcome<impl Future<Output = ProduceResponse> + Send + 'static> {
     let acks = req.acks;
     let version = ctx.version;
     let valid_acks = matches!(acks, -1..=1);
@@ -127,9 +137,26 @@ pub fn handle(
         topics.push((t.name, parts));
     }
     if acks == 0 {
-        return None;
+        // There is no response to carry an error: like Kafka, close the connection so the
+        // producer notices and refreshes its metadata.
+        let failed = topics
+            .iter()
+            .flat_map(|(name, parts)| parts.iter().map(move |p| (name, p)))
+            .find_map(|(name, p)| {
+                p.outcome.as_ref().err().map(|e| {
+                    format!(
+                        "acks=0 produce to {}-{} failed: {e:?}",
+                        name.as_str(),
+                        p.index
+                    )
+                })
+            });
+        return match failed {
+            Some(reason) => Outcome::Close(reason),
+            None => Outcome::Silent,
+        };
     }
-    Some(async move {
+    Outcome::Respond(async move {
         let mut responses = Vec::with_capacity(topics.len());
         for (name, parts) in topics {
             let mut out = Vec::with_capacity(parts.len());

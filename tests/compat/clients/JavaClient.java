@@ -242,7 +242,9 @@ public class JavaClient {
                     List<PartitionInfo> parts = consumer.partitionsFor(topic, Duration.ofMillis(STEP_TIMEOUT_MS));
                     Set<Integer> ids = new HashSet<>();
                     for (PartitionInfo pi : parts) ids.add(pi.partition());
-                    if (!ids.equals(Set.of(0, 1, 2))) {
+                    Set<Integer> want = new HashSet<>();
+                    for (int i = 0; i < PARTITIONS; i++) want.add(i);
+                    if (!ids.equals(want)) {
                         throw new RuntimeException("metadata: topic " + topic + " has partitions " + ids
                                 + ", expected " + PARTITIONS);
                     }

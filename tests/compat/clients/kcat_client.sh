@@ -44,10 +44,12 @@ expected() {
 # input <p> <P>: producer input lines "k-<i>\tv-<i>-<pad>" for partition p of P
 input() { expected "$1" "$2" | cut -f2-; }
 
-# partitions <topic> <allow-auto-create>: prints the partition count once every partition has a
-# leader; retries for up to STEP_TIMEOUT seconds. On failure prints the last metadata to stderr.
+# partitions <topic> <allow-auto-create> <timeout>: prints the partition count once every
+# partition has a leader; retries for up to <timeout> seconds. On failure prints the last
+# metadata to stderr.
 partitions() {
-    local topic="$1" auto="$2" deadline=$((SECONDS + STEP_TIMEOUT)) md count leaders
+    local topic="$1" auto="$2" wait="$3" md count leaders
+    local deadline=$((SECONDS + wait))
     while :; do
         md="$(timeout -k 5 20 kcat -L "${COMMON[@]}" -t "$topic" -m 10 \
                 -X allow.auto.create.topics="$auto" 2>&1)"
@@ -58,7 +60,7 @@ partitions() {
             return 0
         fi
         if [ $SECONDS -ge $deadline ]; then
-            echo "metadata for $topic not ready after ${STEP_TIMEOUT}s: $(printf '%s' "$md" | tr '\n' ' ')" >&2
+            echo "metadata for $topic not ready after ${wait}s: $(printf '%s' "$md" | tr '\n' ' ')" >&2
             return 1
         fi
         sleep 0.5
@@ -66,17 +68,19 @@ partitions() {
 }
 
 produce_codec() {
-    local codec="$1" topic="$PREFIX-$1" P p t0=$SECONDS
-    if ! P="$(partitions "$topic" true 2>"$WORK/md.err")"; then
+    local codec="$1" topic="$PREFIX-$1" P p rc t0=$SECONDS
+    if ! P="$(partitions "$topic" true "$STEP_TIMEOUT" 2>"$WORK/md.err")"; then
         fail "$codec" "auto-create topic $topic: $(cat "$WORK/md.err")"
         return 1
     fi
     for ((p = 0; p < P; p++)); do
         input "$p" "$P" >"$WORK/in"
-        if ! timeout -k 5 $((STEP_TIMEOUT + 30)) kcat -P "${COMMON[@]}" -t "$topic" -p "$p" -K '\t' \
-                -z "$codec" -X acks=all -X message.timeout.ms=$((STEP_TIMEOUT * 1000)) -m 30 \
-                <"$WORK/in" 2>"$WORK/produce.err"; then
-            fail "$codec" "produce to $topic partition $p (kcat exit code $?): $(tail -n 5 "$WORK/produce.err")"
+        timeout -k 5 $((STEP_TIMEOUT + 30)) kcat -P "${COMMON[@]}" -t "$topic" -p "$p" -K '\t' \
+            -z "$codec" -X acks=all -X message.timeout.ms=$((STEP_TIMEOUT * 1000)) -m 30 \
+            <"$WORK/in" 2>"$WORK/produce.err"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            fail "$codec" "produce to $topic partition $p (kcat exit code $rc$([ $rc -eq 124 ] && echo ', timed out')): $(tail -n 5 "$WORK/produce.err")"
             cat "$WORK/produce.err" >&2
             return 1
         fi
@@ -86,15 +90,17 @@ produce_codec() {
 }
 
 verify_codec() {
-    local codec="$1" topic="$PREFIX-$1" P p total=0 n first
-    if ! P="$(partitions "$topic" false 2>"$WORK/md.err")"; then
+    local codec="$1" topic="$PREFIX-$1" P p rc total=0 n first
+    if ! P="$(partitions "$topic" false 20 2>"$WORK/md.err")"; then
         fail "$codec" "verify: $(cat "$WORK/md.err")"
         return 1
     fi
     for ((p = 0; p < P; p++)); do
-        if ! timeout -k 5 "$STEP_TIMEOUT" kcat -C "${COMMON[@]}" -t "$topic" -p "$p" -o beginning -e \
-                -f '%o\t%k\t%s\n' -m 30 -X enable.auto.commit=false >"$WORK/out" 2>"$WORK/consume.err"; then
-            fail "$codec" "verify: consume $topic partition $p (exit code $?, read $(wc -l <"$WORK/out") records): $(tail -n 5 "$WORK/consume.err")"
+        timeout -k 5 "$STEP_TIMEOUT" kcat -C "${COMMON[@]}" -t "$topic" -p "$p" -o beginning -e \
+            -f '%o\t%k\t%s\n' -m 30 -X enable.auto.commit=false >"$WORK/out" 2>"$WORK/consume.err"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            fail "$codec" "verify: consume $topic partition $p (kcat exit code $rc$([ $rc -eq 124 ] && echo ', timed out after '"$STEP_TIMEOUT"'s'), read $(wc -l <"$WORK/out") records): $(tail -n 5 "$WORK/consume.err")"
             return 1
         fi
         expected "$p" "$P" >"$WORK/exp"
