@@ -199,3 +199,31 @@ async fn group_commit_flushes_waiters() {
     assert!(log.flushed_offset() > r.last_offset);
     task.abort();
 }
+
+#[test]
+fn a_full_disk_is_an_error_not_a_panic_and_takes_the_log_offline() {
+    // /dev/full answers every write with ENOSPC: stand it in for the segment file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(format!("{:020}.log", 0)))
+        .expect("symlink");
+    let log = open(dir.path(), LogConfig::default(), true);
+    let err = log
+        .append(batch_of(3, 1, "full"), 0)
+        .expect_err("write to a full disk");
+    assert!(
+        matches!(err, StorageError::Io { .. } | StorageError::Offline(_)),
+        "{err:?}"
+    );
+    // Nothing was published: the end offset did not move and reads see no data.
+    assert_eq!(log.log_end_offset(), 0);
+    assert!(log
+        .read(0, 1 << 20, true, i64::MAX)
+        .expect("read")
+        .data
+        .is_empty());
+    // The failed write could not be undone on this "disk", so the log refuses further writes.
+    assert!(matches!(
+        log.append(batch_of(1, 1, "again"), 0),
+        Err(StorageError::Offline(_))
+    ));
+}

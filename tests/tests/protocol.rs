@@ -1591,3 +1591,37 @@ fn fuzz_frames_never_kill_the_broker() {
     let mut c = Client::connect(addr);
     produce_ok(&mut c, "proto-fuzz", &["still-here"]);
 }
+
+/// A partition whose disk is full answers KAFKA_STORAGE_ERROR (56) and the broker keeps
+/// serving its other partitions. `/dev/full` stands in for the segment file.
+#[test]
+fn a_full_disk_becomes_kafka_storage_error() {
+    let mut strom = Strom::start();
+    create_topic(strom.addr(), "disk-full", 1, &[]);
+    create_topic(strom.addr(), "disk-fine", 1, &[]);
+    assert!(strom.terminate().success());
+    let seg = strom
+        .data_dir()
+        .join("disk-full-0")
+        .join(format!("{:020}.log", 0));
+    std::fs::remove_file(&seg).expect("remove segment");
+    std::os::unix::fs::symlink("/dev/full", &seg).expect("symlink /dev/full");
+    strom.restart();
+    let mut c = Client::connect(strom.addr());
+    for _ in 0..2 {
+        let resp = c.call(9, &produce_req("disk-full", -1, batch(&["lost?"])));
+        let p = produce_result(&resp, "disk-full");
+        assert_eq!(
+            p.error_code, 56,
+            "produce to a full disk: {:?}",
+            p.error_message
+        );
+        assert_eq!(p.base_offset, -1);
+    }
+    assert_eq!(produce_ok(&mut c, "disk-fine", &["ok"]), 0);
+    assert!(strom.is_alive());
+    assert!(
+        strom.log().contains("append failed"),
+        "no log line for the storage error"
+    );
+}
