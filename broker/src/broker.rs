@@ -75,6 +75,10 @@ impl Broker {
 
     fn apply_retention(&self) {
         for log in self.catalog.logs() {
+            let expired = log.expire_producers(self.config.producer_id_expiration_ms);
+            if expired > 0 {
+                tracing::debug!(log = log.name(), expired, "expired idle producer ids");
+            }
             if let Err(e) = log.apply_retention() {
                 tracing::error!(log = log.name(), error = %e, "retention failed");
             }

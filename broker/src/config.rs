@@ -63,6 +63,7 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("queued.max.request.bytes", Kind::Long, "268435456", "Bytes of requests buffered across all connections before reading pauses."),
     ("connections.max.idle.ms", Kind::Long, "600000", "Close connections idle for longer than this."),
     ("broker.rack", Kind::String, "", "Rack of this broker."),
+    ("producer.id.expiration.ms", Kind::Long, "86400000", "Forget an idempotent producer's sequence state after this long without writes."),
 ];
 
 /// Kafka keys accepted for `server.properties` compatibility that have no effect in Strom's
@@ -174,7 +175,8 @@ fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError>
         | "queued.max.request.bytes"
         | "log.retention.check.interval.ms"
         | "log.flush.offset.checkpoint.interval.ms"
-        | "connections.max.idle.ms" => min(1)?,
+        | "connections.max.idle.ms"
+        | "producer.id.expiration.ms" => min(1)?,
         "segment.index.bytes" | "log.index.size.max.bytes" => min(12)?,
         "retention.ms" | "log.retention.ms" | "retention.bytes" | "log.retention.bytes" => min(-1)?,
         "index.interval.bytes"
@@ -278,6 +280,7 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     pub checkpoint_interval_ms: u64,
     pub connections_max_idle_ms: u64,
+    pub producer_id_expiration_ms: i64,
     pub rack: Option<String>,
     /// Every key that was set explicitly (canonical names), for DescribeConfigs and for topic
     /// defaults.
@@ -351,6 +354,7 @@ impl BrokerConfig {
             retention_check_interval_ms: num("log.retention.check.interval.ms")? as u64,
             checkpoint_interval_ms: num("log.flush.offset.checkpoint.interval.ms")? as u64,
             connections_max_idle_ms: num("connections.max.idle.ms")? as u64,
+            producer_id_expiration_ms: num("producer.id.expiration.ms")?,
             rack: (!rack.is_empty()).then_some(rack),
             static_props: props,
         })

@@ -1,7 +1,7 @@
 //! The one place where failures become Kafka error codes.
 
 use kafka_protocol::error::ResponseError;
-use strom_storage::StorageError;
+use strom_storage::{SequenceError, StorageError};
 
 /// A request-level or per-resource failure with Kafka's code and an optional message for
 /// the response's `error_message` field.
@@ -38,6 +38,15 @@ impl From<&StorageError> for ApiError {
         let code = match e {
             StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
+            StorageError::Sequence(SequenceError::InvalidEpoch { .. }) => {
+                ResponseError::InvalidProducerEpoch
+            }
+            StorageError::Sequence(SequenceError::OutOfOrder { .. }) => {
+                ResponseError::OutOfOrderSequenceNumber
+            }
+            StorageError::Sequence(SequenceError::UnknownProducer { .. }) => {
+                ResponseError::UnknownProducerId
+            }
             StorageError::Io { .. } | StorageError::Offline(_) | StorageError::Corrupt { .. } => {
                 ResponseError::KafkaStorageError
             }

@@ -24,6 +24,9 @@ pub enum StorageError {
         position: u64,
         reason: String,
     },
+    /// An idempotent producer's batch is out of sequence, fenced or unknown.
+    #[error(transparent)]
+    Sequence(#[from] crate::producer_state::SequenceError),
     /// The batches handed to `append` are not well-formed; the broker validates first, so
     /// this is a bug upstream, reported rather than written.
     #[error("invalid batch: {0}")]

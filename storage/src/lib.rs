@@ -12,6 +12,7 @@ pub mod error;
 pub mod flush;
 pub mod index;
 pub mod log;
+pub mod producer_state;
 pub mod segment;
 
 pub use checkpoint::sync_dir as checkpoint_sync_dir;
@@ -19,3 +20,4 @@ pub use config::{LogConfig, TimestampType};
 pub use error::StorageError;
 pub use flush::Flusher;
 pub use log::{AppendResult, Log, ReadResult};
+pub use producer_state::SequenceError;

@@ -15,6 +15,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{IoContext, StorageError};
 use crate::flush::Flusher;
+use crate::producer_state::{Check, ProducerState};
 use crate::segment::{self, Segment};
 
 /// Decompression bound when records must be read (ListOffsets by time).
@@ -30,6 +31,9 @@ pub struct AppendResult {
     pub log_start_offset: i64,
     /// `flush.messages` was reached: the producer must wait for a flush before its answer.
     pub flush_required: bool,
+    /// The batch was a retry of one already written; nothing was appended and the offsets
+    /// are those of the original.
+    pub duplicate: bool,
 }
 
 /// Batches read from the log.
@@ -60,6 +64,8 @@ struct Inner {
     last_flush_ms: i64,
     /// Set after a write or fsync failed in a way that leaves the file state unknown.
     offline: bool,
+    /// Idempotent producers' recent batches, for de-duplication and sequence checks.
+    producers: ProducerState,
 }
 
 pub struct Log {
@@ -145,6 +151,15 @@ impl Log {
             checkpoint::sync_dir(dir)?;
         }
         let log_start_offset = cp.log_start_offset.clamp(first_base, next_offset);
+        let snapshot = if clean {
+            ProducerState::read_snapshot(dir, next_offset)
+        } else {
+            None
+        };
+        let producers = match snapshot {
+            Some(p) => p,
+            None => rebuild_producers(&segments)?,
+        };
         let log = Arc::new(Self {
             name,
             dir: dir.to_path_buf(),
@@ -158,6 +173,7 @@ impl Log {
                 dirty_dir: false,
                 last_flush_ms: now_ms(),
                 offline: false,
+                producers,
             }),
             end_tx: watch::Sender::new(next_offset),
             flushed_tx: watch::Sender::new(FlushState {
@@ -226,6 +242,19 @@ impl Log {
         if inner.offline {
             return Err(StorageError::Offline(self.name.clone()));
         }
+        for (h, _) in batch::BatchIter::new(&data) {
+            if let Check::Duplicate(dup) = inner.producers.check(&h)? {
+                tracing::debug!(log = %self.name, producer = h.producer_id, sequence = h.base_sequence, "duplicate batch answered with its original offsets");
+                return Ok(AppendResult {
+                    base_offset: dup.first_offset,
+                    last_offset: dup.last_offset,
+                    log_append_time: -1,
+                    log_start_offset: inner.log_start_offset,
+                    flush_required: false,
+                    duplicate: true,
+                });
+            }
+        }
         let base_offset = inner.next_offset;
         let mut next = base_offset;
         let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
@@ -277,6 +306,9 @@ impl Log {
         if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
             inner.dirty.push(file);
         }
+        for (h, _) in &headers {
+            inner.producers.record(h);
+        }
         inner.next_offset = next;
         inner.unflushed_messages += messages;
         let flush_required = inner.unflushed_messages >= cfg.flush_messages;
@@ -286,6 +318,7 @@ impl Log {
             log_append_time: if log_append_time { now } else { -1 },
             log_start_offset: inner.log_start_offset,
             flush_required,
+            duplicate: false,
         };
         drop(inner);
         self.end_tx.send_replace(next);
@@ -594,6 +627,11 @@ impl Log {
         Ok(deleted)
     }
 
+    /// Forgets idempotent producers idle for longer than `max_idle_ms`.
+    pub fn expire_producers(&self, max_idle_ms: i64) -> usize {
+        self.inner.lock().producers.expire(now_ms(), max_idle_ms)
+    }
+
     /// Flushes and seals the log for a clean shutdown.
     pub fn close(&self) -> Result<(), StorageError> {
         self.flush_now()?;
@@ -602,7 +640,25 @@ impl Log {
             if let Some(active) = inner.segments.values_mut().next_back() {
                 active.roll_close()?;
             }
+            inner
+                .producers
+                .write_snapshot(&self.dir, inner.next_offset)
+                .at(&self.dir)?;
         }
         self.write_checkpoint()
     }
+}
+
+/// Rebuilds idempotent-producer state by reading every batch header in the log.
+fn rebuild_producers(segments: &BTreeMap<i64, Segment>) -> Result<ProducerState, StorageError> {
+    let mut state = ProducerState::default();
+    for seg in segments.values() {
+        let mut pos = 0u64;
+        while pos < seg.size() {
+            let h = seg.header_at(pos)?;
+            state.record(&h);
+            pos += h.total_len() as u64;
+        }
+    }
+    Ok(state)
 }

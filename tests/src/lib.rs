@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
+
 /// Path of the `strom` binary: `$STROM_BIN`, else the workspace's debug or release build.
 pub fn strom_bin() -> PathBuf {
     if let Ok(p) = std::env::var("STROM_BIN") {
@@ -38,6 +40,8 @@ pub struct Strom {
     pub port: u16,
     pub dir: tempfile::TempDir,
     overrides: Vec<(String, String)>,
+    /// The port clients are told to use (a proxy's, when one sits in front).
+    advertised_port: u16,
 }
 
 impl Strom {
@@ -48,9 +52,16 @@ impl Strom {
 
     /// Starts a broker with extra config keys.
     pub fn start_with(overrides: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        Self::start_advertising(port, port, overrides)
+    }
+
+    /// Starts a broker on `port` that tells clients to connect to `advertised_port`.
+    pub fn start_advertising(port: u16, advertised_port: u16, overrides: &[(&str, &str)]) -> Self {
         let mut s = Self {
             child: None,
-            port: free_port(),
+            advertised_port,
+            port,
             dir: tempfile::tempdir().expect("tempdir"),
             overrides: overrides
                 .iter()
@@ -79,6 +90,7 @@ impl Strom {
 
     fn spawn(&mut self) {
         let listener = format!("PLAINTEXT://127.0.0.1:{}", self.port);
+        let advertised = format!("PLAINTEXT://127.0.0.1:{}", self.advertised_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -89,7 +101,7 @@ impl Strom {
             .arg("--listeners")
             .arg(&listener)
             .arg("--advertised-listeners")
-            .arg(&listener)
+            .arg(&advertised)
             .arg("--log-dirs")
             .arg(self.data_dir())
             .env("STROM_LOG", "info")
