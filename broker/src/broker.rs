@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use strom_storage::{Flusher, StorageError};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Topic};
 use crate::config::BrokerConfig;
+use crate::error::ApiError;
+use crate::group::{self, Coordinator};
 use crate::producer_ids::ProducerIds;
 
 pub struct Broker {
@@ -15,6 +17,7 @@ pub struct Broker {
     pub catalog: Catalog,
     pub producer_ids: ProducerIds,
     pub flusher: Arc<Flusher>,
+    pub groups: Arc<Coordinator>,
 }
 
 impl Broker {
@@ -29,16 +32,24 @@ impl Broker {
         let catalog = Catalog::open(config.clone(), flusher.clone())?;
         let producer_ids =
             ProducerIds::open(config.log_dir.join("strom-meta").join("producer-ids"))?;
+        let groups = Coordinator::new(config.group);
+        groups.load(group::store::load(&catalog));
         Ok(Arc::new(Self {
             config,
             catalog,
             producer_ids,
             flusher,
+            groups,
         }))
     }
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id
+    }
+
+    /// The internal offsets topic, created on first use.
+    pub fn offsets_topic(&self) -> Result<Arc<Topic>, ApiError> {
+        group::store::topic(&self.catalog, self.config.offsets_topic_partitions)
     }
 
     /// Runs the flusher and the periodic tasks until the future is dropped.
@@ -50,7 +61,13 @@ impl Broker {
         let mut checkpoint_tick = tokio::time::interval(checkpoint);
         // flush.ms is per topic; checking every 100 ms bounds its lateness.
         let mut flush_tick = tokio::time::interval(Duration::from_millis(100));
-        for tick in [&mut retention_tick, &mut checkpoint_tick, &mut flush_tick] {
+        let mut group_tick = tokio::time::interval(group::TICK);
+        for tick in [
+            &mut retention_tick,
+            &mut checkpoint_tick,
+            &mut flush_tick,
+            &mut group_tick,
+        ] {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let _abort_flusher = AbortOnDrop(flusher);
@@ -59,6 +76,7 @@ impl Broker {
                 _ = retention_tick.tick() => {
                     let this = self.clone();
                     let _ = tokio::task::spawn_blocking(move || this.apply_retention()).await;
+                    self.expire_offsets().await;
                 }
                 _ = checkpoint_tick.tick() => {
                     let this = self.clone();
@@ -69,6 +87,7 @@ impl Broker {
                         log.flush_if_due();
                     }
                 }
+                _ = group_tick.tick() => self.groups.tick(),
             }
         }
     }
@@ -81,6 +100,30 @@ impl Broker {
             }
             if let Err(e) = log.apply_retention() {
                 tracing::error!(log = log.name(), error = %e, "retention failed");
+            }
+        }
+    }
+
+    /// Deletes committed offsets of empty groups past `offsets.retention.minutes`.
+    async fn expire_offsets(&self) {
+        for (group, keys) in self
+            .groups
+            .expired_offsets(self.config.offsets_retention_ms)
+        {
+            let tombstones: Vec<_> = keys.into_iter().map(|k| (k, None)).collect();
+            match group::store::write(
+                &self.catalog,
+                self.config.offsets_topic_partitions,
+                &group,
+                &tombstones,
+            )
+            .await
+            {
+                Ok(()) => {
+                    tracing::info!(group = %group, offsets = tombstones.len(), "expired committed offsets");
+                    self.groups.apply_commits(&group, &tombstones);
+                }
+                Err(e) => tracing::warn!(group = %group, error = ?e, "could not expire offsets"),
             }
         }
     }

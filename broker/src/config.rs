@@ -15,6 +15,7 @@ pub enum Kind {
     Boolean = 1,
     String = 2,
     Int = 3,
+    Short = 4,
     Long = 5,
     List = 7,
 }
@@ -63,6 +64,12 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("queued.max.request.bytes", Kind::Long, "268435456", "Bytes of requests buffered across all connections before reading pauses."),
     ("connections.max.idle.ms", Kind::Long, "600000", "Close connections idle for longer than this."),
     ("broker.rack", Kind::String, "", "Rack of this broker."),
+    ("group.initial.rebalance.delay.ms", Kind::Int, "3000", "How long the first rebalance of an empty group waits for more members."),
+    ("group.min.session.timeout.ms", Kind::Int, "6000", "Smallest session timeout a consumer may ask for."),
+    ("group.max.session.timeout.ms", Kind::Int, "1800000", "Largest session timeout a consumer may ask for."),
+    ("offsets.topic.num.partitions", Kind::Int, "50", "Partitions of the internal __consumer_offsets topic."),
+    ("offsets.topic.replication.factor", Kind::Short, "1", "Replication factor of __consumer_offsets (1 on a single node)."),
+    ("offsets.retention.minutes", Kind::Int, "10080", "Committed offsets of an empty group are deleted after this long."),
     ("producer.id.expiration.ms", Kind::Long, "86400000", "Forget an idempotent producer's sequence state after this long without writes."),
 ];
 
@@ -132,6 +139,12 @@ fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError>
         Kind::Long => {
             long()?;
         }
+        Kind::Short => {
+            value
+                .trim()
+                .parse::<i16>()
+                .map_err(|_| invalid(key, value, "not a 16-bit integer"))?;
+        }
         Kind::String | Kind::List => {}
     }
     let min = |m: i64| -> Result<(), ConfigError> {
@@ -176,7 +189,13 @@ fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError>
         | "log.retention.check.interval.ms"
         | "log.flush.offset.checkpoint.interval.ms"
         | "connections.max.idle.ms"
-        | "producer.id.expiration.ms" => min(1)?,
+        | "producer.id.expiration.ms"
+        | "offsets.topic.num.partitions"
+        | "offsets.retention.minutes"
+        | "offsets.topic.replication.factor"
+        | "group.min.session.timeout.ms"
+        | "group.max.session.timeout.ms" => min(1)?,
+        "group.initial.rebalance.delay.ms" => min(0)?,
         "segment.index.bytes" | "log.index.size.max.bytes" => min(12)?,
         "retention.ms" | "log.retention.ms" | "retention.bytes" | "log.retention.bytes" => min(-1)?,
         "index.interval.bytes"
@@ -281,6 +300,9 @@ pub struct BrokerConfig {
     pub checkpoint_interval_ms: u64,
     pub connections_max_idle_ms: u64,
     pub producer_id_expiration_ms: i64,
+    pub offsets_topic_partitions: i32,
+    pub offsets_retention_ms: i64,
+    pub group: crate::group::GroupConfig,
     pub rack: Option<String>,
     /// Every key that was set explicitly (canonical names), for DescribeConfigs and for topic
     /// defaults.
@@ -355,6 +377,15 @@ impl BrokerConfig {
             checkpoint_interval_ms: num("log.flush.offset.checkpoint.interval.ms")? as u64,
             connections_max_idle_ms: num("connections.max.idle.ms")? as u64,
             producer_id_expiration_ms: num("producer.id.expiration.ms")?,
+            offsets_topic_partitions: num("offsets.topic.num.partitions")? as i32,
+            offsets_retention_ms: num("offsets.retention.minutes")?.saturating_mul(60_000),
+            group: crate::group::GroupConfig {
+                initial_rebalance_delay: std::time::Duration::from_millis(
+                    num("group.initial.rebalance.delay.ms")?.max(0) as u64,
+                ),
+                min_session_timeout_ms: num("group.min.session.timeout.ms")? as i32,
+                max_session_timeout_ms: num("group.max.session.timeout.ms")? as i32,
+            },
             rack: (!rack.is_empty()).then_some(rack),
             static_props: props,
         })

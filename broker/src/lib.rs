@@ -8,6 +8,7 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod handlers;
 pub mod producer_ids;
 pub mod server;

@@ -184,7 +184,8 @@ impl Connection {
         let header = RequestHeader::decode(&mut bytes, header_version)
             .map_err(|e| format!("malformed {api:?} request header: {e}"))?;
         tracing::trace!(peer = %self.peer, ?api, version = prefix.api_version, "request");
-        handlers::dispatch(&self.broker, api, &header, bytes).map_err(|e| e.to_string())
+        let peer = self.peer.ip().to_string();
+        handlers::dispatch(&self.broker, api, &header, bytes, &peer).map_err(|e| e.to_string())
     }
 }
 

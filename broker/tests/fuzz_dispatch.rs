@@ -32,7 +32,7 @@ proptest! {
             .with_request_api_key(api as i16)
             .with_request_api_version(version)
             .with_correlation_id(7);
-        match dispatch(&b, api, &header, Bytes::from(body)) {
+        match dispatch(&b, api, &header, Bytes::from(body), "127.0.0.1") {
             Ok(Reply::Now(frame)) => prop_assert!(frame.len() >= 8),
             Ok(Reply::Later(_)) | Ok(Reply::None) | Err(_) => {}
         }

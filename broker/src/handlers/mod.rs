@@ -16,16 +16,27 @@ mod api_versions;
 mod configs;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_delete;
+mod offset_fetch;
 mod produce;
+mod sync_group;
 
 pub use api_versions::unsupported_version_response;
 
@@ -36,6 +47,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -44,7 +64,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
 ];
 
@@ -122,6 +144,8 @@ pub struct Ctx<'a> {
     pub broker: &'a Arc<Broker>,
     pub version: i16,
     pub header: &'a RequestHeader,
+    /// The client's address, as DescribeGroups reports it.
+    pub peer: &'a str,
 }
 
 fn now<R: Encodable + HeaderVersion>(
@@ -152,12 +176,14 @@ pub fn dispatch(
     api: ApiKey,
     header: &RequestHeader,
     mut body: Bytes,
+    peer: &str,
 ) -> Result<Reply, HandlerError> {
     let version = header.request_api_version;
     let ctx = Ctx {
         broker,
         version,
         header,
+        peer,
     };
     let b = &mut body;
     match api {
@@ -227,6 +253,60 @@ pub fn dispatch(
             &ctx,
             init_producer_id::handle(&ctx, decode(api, version, b)?),
         ),
+        ApiKey::FindCoordinator => now(
+            api,
+            &ctx,
+            find_coordinator::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::JoinGroup => {
+            let host = ctx.peer.to_owned();
+            Ok(later(
+                api,
+                &ctx,
+                join_group::handle(&ctx, decode(api, version, b)?, host),
+            ))
+        }
+        ApiKey::SyncGroup => Ok(later(
+            api,
+            &ctx,
+            sync_group::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::Heartbeat => now(api, &ctx, heartbeat::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::LeaveGroup => now(
+            api,
+            &ctx,
+            leave_group::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::OffsetCommit => Ok(later(
+            api,
+            &ctx,
+            offset_commit::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::OffsetFetch => now(
+            api,
+            &ctx,
+            offset_fetch::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::ListGroups => now(
+            api,
+            &ctx,
+            list_groups::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DescribeGroups => now(
+            api,
+            &ctx,
+            describe_groups::handle(&ctx, decode(api, version, b)?),
+        ),
+        ApiKey::DeleteGroups => Ok(later(
+            api,
+            &ctx,
+            delete_groups::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::OffsetDelete => Ok(later(
+            api,
+            &ctx,
+            offset_delete::handle(&ctx, decode(api, version, b)?),
+        )),
         other => Err(HandlerError::Decode {
             api: other,
             version,

@@ -1,0 +1,859 @@
+//! The classic group coordinator: consumer-group membership, rebalances and committed offsets.
+//!
+//! The state machine follows Kafka's (Empty → PreparingRebalance → CompletingRebalance → Stable,
+//! and Dead for deleted groups). Joins and syncs that must wait for other members park a
+//! oneshot sender on the member; a tick every [`TICK`] completes rebalances whose members have
+//! all rejoined or whose deadline passed and expires members whose session ran out. Offsets are
+//! written to the internal `__consumer_offsets` topic (see [`store`]) before a commit is
+//! acknowledged and loaded back from it at start-up.
+
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+/// How often rebalance deadlines and session timeouts are checked.
+pub const TICK: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+            State::Dead => "Dead",
+        }
+    }
+}
+
+/// What a JoinGroup caller eventually receives.
+#[derive(Debug, Clone, Default)]
+pub struct JoinResult {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// (member id, group instance id, metadata) — only for the leader.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+/// What a SyncGroup caller eventually receives.
+#[derive(Debug, Clone, Default)]
+pub struct SyncResult {
+    pub error: Option<ResponseError>,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+/// A JoinGroup request, decoded.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a first join without a member id gets MEMBER_ID_REQUIRED (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+struct Member {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    join_waiter: Option<oneshot::Sender<JoinResult>>,
+    sync_waiter: Option<oneshot::Sender<SyncResult>>,
+    last_heartbeat: Instant,
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp: i64,
+}
+
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol_name: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    pending: HashSet<String>,
+    rebalance_deadline: Option<Instant>,
+    offsets: HashMap<(String, i32), Committed>,
+}
+
+impl Group {
+    fn new() -> Self {
+        Self {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol_name: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: HashSet::new(),
+            rebalance_deadline: None,
+            offsets: HashMap::new(),
+        }
+    }
+
+    fn static_member(&self, instance: &str) -> Option<String> {
+        self.members
+            .values()
+            .find(|m| m.instance_id.as_deref() == Some(instance))
+            .map(|m| m.id.clone())
+    }
+
+    /// Protocols every member supports; the group's choice is the one most members rank first.
+    fn select_protocol(&self) -> Option<String> {
+        let mut candidates: Option<HashSet<&str>> = None;
+        for m in self.members.values() {
+            let mine: HashSet<&str> = m.protocols.iter().map(|(n, _)| n.as_str()).collect();
+            candidates = Some(match candidates {
+                None => mine,
+                Some(c) => c.intersection(&mine).copied().collect(),
+            });
+        }
+        let candidates = candidates?;
+        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in self.members.values() {
+            if let Some((name, _)) = m
+                .protocols
+                .iter()
+                .find(|(n, _)| candidates.contains(n.as_str()))
+            {
+                *votes.entry(name.as_str()).or_default() += 1;
+            }
+        }
+        votes
+            .into_iter()
+            .max_by_key(|(_, v)| *v)
+            .map(|(n, _)| n.to_owned())
+    }
+
+    fn supports(&self, protocols: &[(String, Bytes)]) -> bool {
+        if self.members.is_empty() {
+            return !protocols.is_empty();
+        }
+        let theirs: HashSet<&str> = protocols.iter().map(|(n, _)| n.as_str()).collect();
+        let mut common: Option<HashSet<&str>> = None;
+        for m in self.members.values() {
+            let mine: HashSet<&str> = m.protocols.iter().map(|(n, _)| n.as_str()).collect();
+            common = Some(match common {
+                None => mine,
+                Some(c) => c.intersection(&mine).copied().collect(),
+            });
+        }
+        common.is_some_and(|c| c.iter().any(|p| theirs.contains(p)))
+    }
+
+    fn join_result_for(&self, member_id: &str) -> JoinResult {
+        let leader = self.leader.clone().unwrap_or_default();
+        let members = if leader == member_id {
+            self.members
+                .values()
+                .map(|m| {
+                    let meta = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == self.protocol_name.as_ref())
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (m.id.clone(), m.instance_id.clone(), meta)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinResult {
+            error: None,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader,
+            member_id: member_id.to_owned(),
+            members,
+        }
+    }
+}
+
+/// Timing knobs (Kafka's `group.*` broker configs).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupConfig {
+    pub initial_rebalance_delay: Duration,
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+}
+
+pub struct Coordinator {
+    groups: Mutex<HashMap<String, Group>>,
+    config: GroupConfig,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Coordinator {
+    pub fn new(config: GroupConfig) -> Arc<Self> {
+        Arc::new(Self {
+            groups: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// Installs offsets loaded from the offsets topic at start-up.
+    pub fn load(&self, offsets: HashMap<String, HashMap<(String, i32), Committed>>) {
+        let mut groups = self.groups.lock();
+        for (group, committed) in offsets {
+            let g = groups.entry(group).or_insert_with(Group::new);
+            g.offsets = committed;
+        }
+    }
+
+    /// JoinGroup. The receiver resolves when the join phase completes (or at once).
+    pub fn join(&self, req: JoinRequest) -> oneshot::Receiver<JoinResult> {
+        let (tx, rx) = oneshot::channel();
+        let fail = |tx: oneshot::Sender<JoinResult>, e: ResponseError, member_id: String| {
+            let _ = tx.send(JoinResult {
+                error: Some(e),
+                generation: -1,
+                member_id,
+                ..Default::default()
+            });
+        };
+        if req.group_id.is_empty() {
+            fail(tx, ResponseError::InvalidGroupId, req.member_id);
+            return rx;
+        }
+        if req.session_timeout_ms < self.config.min_session_timeout_ms
+            || req.session_timeout_ms > self.config.max_session_timeout_ms
+        {
+            fail(tx, ResponseError::InvalidSessionTimeout, req.member_id);
+            return rx;
+        }
+        let mut groups = self.groups.lock();
+        let g = groups
+            .entry(req.group_id.clone())
+            .or_insert_with(Group::new);
+        if g.state == State::Dead {
+            fail(tx, ResponseError::CoordinatorNotAvailable, req.member_id);
+            return rx;
+        }
+        let type_mismatch =
+            !g.members.is_empty() && g.protocol_type.as_deref() != Some(req.protocol_type.as_str());
+        if req.protocols.is_empty() || type_mismatch || !g.supports(&req.protocols) {
+            fail(tx, ResponseError::InconsistentGroupProtocol, req.member_id);
+            return rx;
+        }
+        let now = Instant::now();
+        let mut member_id = req.member_id.clone();
+        if member_id.is_empty() {
+            if let Some(instance) = &req.instance_id {
+                if let Some(old_id) = g.static_member(instance) {
+                    // KIP-345: a static member rejoining takes a new id without a rebalance when
+                    // nothing about it changed; the old id is fenced from now on.
+                    let new_id = format!("{instance}-{}", uuid::Uuid::new_v4());
+                    let Some(mut m) = g.members.remove(&old_id) else {
+                        fail(tx, ResponseError::UnknownMemberId, member_id);
+                        return rx;
+                    };
+                    let unchanged = m.protocols == req.protocols;
+                    m.id = new_id.clone();
+                    m.protocols = req.protocols.clone();
+                    m.last_heartbeat = now;
+                    if let Some(w) = m.join_waiter.take() {
+                        let _ = w.send(JoinResult {
+                            error: Some(ResponseError::FencedInstanceId),
+                            generation: -1,
+                            member_id: old_id.clone(),
+                            ..Default::default()
+                        });
+                    }
+                    if g.leader.as_deref() == Some(old_id.as_str()) {
+                        g.leader = Some(new_id.clone());
+                    }
+                    g.members.insert(new_id.clone(), m);
+                    if g.state == State::Stable && unchanged {
+                        let _ = tx.send(g.join_result_for(&new_id));
+                        return rx;
+                    }
+                    member_id = new_id;
+                    if let Some(m) = g.members.get_mut(&member_id) {
+                        m.join_waiter = Some(tx);
+                    }
+                    self.prepare_rebalance(g);
+                    return rx;
+                }
+            }
+            let new_id = format!(
+                "{}-{}",
+                if req.client_id.is_empty() {
+                    "member"
+                } else {
+                    req.client_id.as_str()
+                },
+                uuid::Uuid::new_v4()
+            );
+            if req.require_known_member_id && req.instance_id.is_none() {
+                g.pending.insert(new_id.clone());
+                fail(tx, ResponseError::MemberIdRequired, new_id);
+                return rx;
+            }
+            member_id = new_id;
+        } else if !g.members.contains_key(&member_id) && !g.pending.remove(&member_id) {
+            fail(tx, ResponseError::UnknownMemberId, member_id);
+            return rx;
+        }
+        if let (Some(instance), Some(m)) = (&req.instance_id, g.members.get(&member_id)) {
+            if m.instance_id.as_deref() != Some(instance.as_str()) {
+                fail(tx, ResponseError::FencedInstanceId, member_id);
+                return rx;
+            }
+        }
+        let existing = g.members.contains_key(&member_id);
+        if g.members.is_empty() {
+            g.protocol_type = Some(req.protocol_type.clone());
+        }
+        let changed = g
+            .members
+            .get(&member_id)
+            .is_none_or(|m| m.protocols != req.protocols);
+        let member = g
+            .members
+            .entry(member_id.clone())
+            .or_insert_with(|| Member {
+                id: member_id.clone(),
+                instance_id: req.instance_id.clone(),
+                client_id: req.client_id.clone(),
+                client_host: req.client_host.clone(),
+                session_timeout: Duration::from_millis(req.session_timeout_ms.max(0) as u64),
+                rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64),
+                protocols: req.protocols.clone(),
+                assignment: Bytes::new(),
+                join_waiter: None,
+                sync_waiter: None,
+                last_heartbeat: now,
+            });
+        member.protocols = req.protocols.clone();
+        member.session_timeout = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+        member.rebalance_timeout = Duration::from_millis(req.rebalance_timeout_ms.max(0) as u64);
+        member.last_heartbeat = now;
+        let is_leader = g.leader.as_deref() == Some(member_id.as_str());
+        match g.state {
+            State::CompletingRebalance | State::Stable
+                if existing && !changed && !(g.state == State::Stable && is_leader) =>
+            {
+                // A rejoin that changes nothing: answer with the current generation.
+                let _ = tx.send(g.join_result_for(&member_id));
+            }
+            _ => {
+                if let Some(m) = g.members.get_mut(&member_id) {
+                    m.join_waiter = Some(tx);
+                }
+                if g.state != State::PreparingRebalance {
+                    self.prepare_rebalance(g);
+                }
+            }
+        }
+        rx
+    }
+
+    fn prepare_rebalance(&self, g: &mut Group) {
+        // Members waiting in SyncGroup learn that the generation they synced for is gone.
+        for m in g.members.values_mut() {
+            if let Some(w) = m.sync_waiter.take() {
+                let _ = w.send(SyncResult {
+                    error: Some(ResponseError::RebalanceInProgress),
+                    ..Default::default()
+                });
+            }
+        }
+        let longest = g
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let delay = if g.state == State::Empty {
+            // Kafka's group.initial.rebalance.delay.ms: let a fleet of consumers arrive first.
+            self.config.initial_rebalance_delay.min(longest)
+        } else {
+            longest
+        };
+        g.state = State::PreparingRebalance;
+        g.rebalance_deadline = Some(Instant::now() + delay);
+    }
+
+    /// Ends the join phase when every member has rejoined or the deadline passed.
+    fn maybe_complete_join(&self, g: &mut Group, now: Instant) {
+        if g.state != State::PreparingRebalance {
+            return;
+        }
+        let all_joined =
+            g.members.values().all(|m| m.join_waiter.is_some()) && g.pending.is_empty();
+        let initial_delay_running = g.generation == 0
+            && g.rebalance_deadline.is_some_and(|d| now < d)
+            && !self.config.initial_rebalance_delay.is_zero();
+        let deadline_passed = g.rebalance_deadline.is_none_or(|d| now >= d);
+        if !(deadline_passed || (all_joined && !initial_delay_running)) {
+            return;
+        }
+        g.members.retain(|_, m| m.join_waiter.is_some());
+        g.pending.clear();
+        g.generation += 1;
+        g.rebalance_deadline = None;
+        if g.members.is_empty() {
+            g.state = State::Empty;
+            g.protocol_name = None;
+            g.leader = None;
+            return;
+        }
+        g.protocol_name = g.select_protocol();
+        if !g.leader.as_ref().is_some_and(|l| g.members.contains_key(l)) {
+            g.leader = g.members.keys().next().cloned();
+        }
+        g.state = State::CompletingRebalance;
+        let ids: Vec<String> = g.members.keys().cloned().collect();
+        for id in ids {
+            let result = g.join_result_for(&id);
+            if let Some(w) = g.members.get_mut(&id).and_then(|m| m.join_waiter.take()) {
+                let _ = w.send(result);
+            }
+            if let Some(m) = g.members.get_mut(&id) {
+                m.last_heartbeat = now;
+            }
+        }
+    }
+
+    fn check_member(
+        g: &Group,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        let m = g
+            .members
+            .get(member_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        if let Some(instance) = instance_id {
+            if m.instance_id.as_deref() != Some(instance) {
+                return Err(ResponseError::FencedInstanceId);
+            }
+        }
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// SyncGroup. The leader's assignments are stored untouched and handed to each member.
+    pub fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        protocol: (Option<&str>, Option<&str>),
+        assignments: Vec<(String, Bytes)>,
+    ) -> oneshot::Receiver<SyncResult> {
+        let (tx, rx) = oneshot::channel();
+        let fail = |tx: oneshot::Sender<SyncResult>, e: ResponseError| {
+            let _ = tx.send(SyncResult {
+                error: Some(e),
+                ..Default::default()
+            });
+        };
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(group_id) else {
+            fail(tx, ResponseError::UnknownMemberId);
+            return rx;
+        };
+        if let Err(e) = Self::check_member(g, member_id, instance_id, generation) {
+            fail(tx, e);
+            return rx;
+        }
+        let (ptype, pname) = protocol;
+        if ptype.is_some_and(|t| Some(t) != g.protocol_type.as_deref())
+            || pname.is_some_and(|n| Some(n) != g.protocol_name.as_deref())
+        {
+            fail(tx, ResponseError::InconsistentGroupProtocol);
+            return rx;
+        }
+        match g.state {
+            State::PreparingRebalance => fail(tx, ResponseError::RebalanceInProgress),
+            State::CompletingRebalance => {
+                if let Some(m) = g.members.get_mut(member_id) {
+                    m.sync_waiter = Some(tx);
+                    m.last_heartbeat = Instant::now();
+                }
+                if g.leader.as_deref() == Some(member_id) {
+                    let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
+                    for m in g.members.values_mut() {
+                        m.assignment = given.remove(&m.id).unwrap_or_default();
+                    }
+                    g.state = State::Stable;
+                    let (ptype, pname) = (g.protocol_type.clone(), g.protocol_name.clone());
+                    for m in g.members.values_mut() {
+                        if let Some(w) = m.sync_waiter.take() {
+                            let _ = w.send(SyncResult {
+                                error: None,
+                                protocol_type: ptype.clone(),
+                                protocol_name: pname.clone(),
+                                assignment: m.assignment.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            State::Stable => {
+                let assignment = g
+                    .members
+                    .get(member_id)
+                    .map(|m| m.assignment.clone())
+                    .unwrap_or_default();
+                let _ = tx.send(SyncResult {
+                    error: None,
+                    protocol_type: g.protocol_type.clone(),
+                    protocol_name: g.protocol_name.clone(),
+                    assignment,
+                });
+            }
+            State::Empty | State::Dead => fail(tx, ResponseError::UnknownMemberId),
+        }
+        rx
+    }
+
+    /// Heartbeat: keeps the session alive and tells the member when to rejoin.
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        let mut groups = self.groups.lock();
+        let g = groups
+            .get_mut(group_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        if g.state == State::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        let m = g
+            .members
+            .get_mut(member_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        if let Some(instance) = instance_id {
+            if m.instance_id.as_deref() != Some(instance) {
+                return Err(ResponseError::FencedInstanceId);
+            }
+        }
+        m.last_heartbeat = Instant::now();
+        match g.state {
+            State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
+            _ if generation != g.generation => Err(ResponseError::IllegalGeneration),
+            _ => Ok(()),
+        }
+    }
+
+    /// LeaveGroup for one member, identified by member id or (static) instance id.
+    pub fn leave(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ResponseError> {
+        let mut groups = self.groups.lock();
+        let g = groups
+            .get_mut(group_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        let id = match instance_id {
+            Some(instance) => {
+                let id = g
+                    .static_member(instance)
+                    .ok_or(ResponseError::UnknownMemberId)?;
+                if !member_id.is_empty() && member_id != id {
+                    return Err(ResponseError::FencedInstanceId);
+                }
+                id
+            }
+            None => member_id.to_owned(),
+        };
+        let mut m = g
+            .members
+            .remove(&id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        if let Some(w) = m.join_waiter.take() {
+            let _ = w.send(JoinResult {
+                error: Some(ResponseError::UnknownMemberId),
+                generation: -1,
+                member_id: id.clone(),
+                ..Default::default()
+            });
+        }
+        tracing::info!(group = group_id, member = %id, "member left");
+        self.after_member_removed(g);
+        Ok(())
+    }
+
+    fn after_member_removed(&self, g: &mut Group) {
+        match g.state {
+            State::Stable | State::CompletingRebalance => self.prepare_rebalance(g),
+            State::PreparingRebalance => {}
+            State::Empty | State::Dead => {}
+        }
+        self.maybe_complete_join(g, Instant::now());
+    }
+
+    /// Completes rebalances and expires silent members; call every [`TICK`].
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let mut groups = self.groups.lock();
+        for (id, g) in groups.iter_mut() {
+            let expired: Vec<String> = g
+                .members
+                .values()
+                .filter(|m| {
+                    m.join_waiter.is_none()
+                        && m.sync_waiter.is_none()
+                        && now.duration_since(m.last_heartbeat) > m.session_timeout
+                })
+                .map(|m| m.id.clone())
+                .collect();
+            for member in expired {
+                tracing::info!(group = %id, %member, "member session expired");
+                g.members.remove(&member);
+                self.after_member_removed(g);
+            }
+            self.maybe_complete_join(g, now);
+        }
+    }
+
+    /// Validates an OffsetCommit against group membership and returns whether it may proceed.
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        let mut groups = self.groups.lock();
+        let g = groups.entry(group_id.to_owned()).or_insert_with(Group::new);
+        match g.state {
+            State::Dead => Err(ResponseError::CoordinatorNotAvailable),
+            // Simple (non-member) commits, as from consumers that use assign().
+            State::Empty if generation < 0 && member_id.is_empty() => Ok(()),
+            State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
+            _ => Self::check_member(g, member_id, instance_id, generation),
+        }
+    }
+
+    /// Records offsets that are now durable.
+    pub fn apply_commits(&self, group_id: &str, records: &[((String, i32), Option<Committed>)]) {
+        let mut groups = self.groups.lock();
+        let g = groups.entry(group_id.to_owned()).or_insert_with(Group::new);
+        for (key, value) in records {
+            match value {
+                Some(c) => {
+                    g.offsets.insert(key.clone(), c.clone());
+                }
+                None => {
+                    g.offsets.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Committed offsets of a group: all of them, or those asked for.
+    pub fn fetch_offsets(&self, group_id: &str) -> HashMap<(String, i32), Committed> {
+        self.groups
+            .lock()
+            .get(group_id)
+            .map(|g| g.offsets.clone())
+            .unwrap_or_default()
+    }
+
+    /// (group id, protocol type, state) of every group.
+    pub fn list(&self) -> Vec<(String, String, State)> {
+        let groups = self.groups.lock();
+        let mut out: Vec<_> = groups
+            .iter()
+            .filter(|(_, g)| g.state != State::Dead)
+            .map(|(id, g)| {
+                (
+                    id.clone(),
+                    g.protocol_type.clone().unwrap_or_default(),
+                    g.state,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// A description of one group for DescribeGroups.
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let groups = self.groups.lock();
+        let g = groups.get(group_id)?;
+        Some(GroupDescription {
+            state: g.state,
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol_name: if g.state == State::Stable {
+                g.protocol_name.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            members: g
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| Some(n) == g.protocol_name.as_ref())
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
+                    assignment: if g.state == State::Stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// Marks an empty group deleted; returns its offsets so tombstones can be written.
+    pub fn delete(&self, group_id: &str) -> Result<Vec<(String, i32)>, ResponseError> {
+        let mut groups = self.groups.lock();
+        let g = groups
+            .get_mut(group_id)
+            .ok_or(ResponseError::GroupIdNotFound)?;
+        match g.state {
+            State::Dead => Err(ResponseError::GroupIdNotFound),
+            State::Empty => {
+                let keys = g.offsets.keys().cloned().collect();
+                groups.remove(group_id);
+                Ok(keys)
+            }
+            _ => Err(ResponseError::NonEmptyGroup),
+        }
+    }
+
+    /// Topics the group's members subscribe to (consumer protocol), for OffsetDelete.
+    pub fn subscribed_topics(&self, group_id: &str) -> Result<HashSet<String>, ResponseError> {
+        use kafka_protocol::protocol::Decodable;
+        let groups = self.groups.lock();
+        let g = groups.get(group_id).ok_or(ResponseError::GroupIdNotFound)?;
+        let mut topics = HashSet::new();
+        if g.protocol_type.as_deref() != Some("consumer") {
+            return Ok(topics);
+        }
+        for m in g.members.values() {
+            let Some((_, meta)) = m
+                .protocols
+                .iter()
+                .find(|(n, _)| Some(n) == g.protocol_name.as_ref())
+            else {
+                continue;
+            };
+            let mut buf = meta.clone();
+            if buf.len() < 2 {
+                continue;
+            }
+            let version = i16::from_be_bytes([buf[0], buf[1]]);
+            bytes::Buf::advance(&mut buf, 2);
+            if let Ok(sub) = kafka_protocol::messages::ConsumerProtocolSubscription::decode(
+                &mut buf,
+                version.clamp(0, 3),
+            ) {
+                topics.extend(sub.topics.iter().map(|t| t.as_str().to_owned()));
+            }
+        }
+        Ok(topics)
+    }
+
+    /// Offsets of empty groups older than `retention` (`offsets.retention.minutes`).
+    pub fn expired_offsets(&self, retention_ms: i64) -> Vec<(String, Vec<(String, i32)>)> {
+        let now = now_ms();
+        let groups = self.groups.lock();
+        groups
+            .iter()
+            .filter(|(_, g)| g.state == State::Empty)
+            .map(|(id, g)| {
+                let keys = g
+                    .offsets
+                    .iter()
+                    .filter(|(_, c)| now - c.commit_timestamp > retention_ms)
+                    .map(|(k, _)| k.clone())
+                    .collect::<Vec<_>>();
+                (id.clone(), keys)
+            })
+            .filter(|(_, keys)| !keys.is_empty())
+            .collect()
+    }
+}
+
+pub struct GroupDescription {
+    pub state: State,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub members: Vec<MemberDescription>,
+}
+
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+/// The commit timestamp for new offsets.
+pub fn commit_timestamp() -> i64 {
+    now_ms()
+}

@@ -1,0 +1,229 @@
+//! Committed offsets in the internal `__consumer_offsets` topic, in Kafka's record layout:
+//! key v1 = (group, topic, partition), value v3 = (offset, leader epoch, metadata, commit time),
+//! a null value deletes. A group's records go to partition `abs(javaHash(group)) % N`, as in
+//! Kafka, and the latest record per key wins when the topic is read back at start-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use strom_protocol::codec::Codec;
+use strom_protocol::records::{self, KeyValue};
+
+use super::Committed;
+use crate::catalog::{Catalog, Topic};
+use crate::error::ApiError;
+
+pub const TOPIC: &str = "__consumer_offsets";
+const KEY_VERSION: i16 = 1;
+const VALUE_VERSION: i16 = 3;
+const DECODE_LIMIT: usize = 64 << 20;
+
+/// Java's `String.hashCode`, so groups land on the same partition as in Kafka.
+fn java_hash(s: &str) -> i32 {
+    s.encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
+}
+
+pub fn partition_for(group: &str, partitions: i32) -> i32 {
+    (java_hash(group) & 0x7fff_ffff) % partitions.max(1)
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_i16(s.len().min(i16::MAX as usize) as i16);
+    b.put_slice(&s.as_bytes()[..s.len().min(i16::MAX as usize)]);
+}
+
+fn get_str(b: &mut Bytes) -> Option<String> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = usize::try_from(b.get_i16()).ok()?;
+    if b.remaining() < n {
+        return None;
+    }
+    String::from_utf8(b.split_to(n).to_vec()).ok()
+}
+
+pub fn encode_key(group: &str, topic: &str, partition: i32) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(KEY_VERSION);
+    put_str(&mut b, group);
+    put_str(&mut b, topic);
+    b.put_i32(partition);
+    b.freeze()
+}
+
+pub fn encode_value(c: &Committed) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(VALUE_VERSION);
+    b.put_i64(c.offset);
+    b.put_i32(c.leader_epoch);
+    put_str(&mut b, &c.metadata);
+    b.put_i64(c.commit_timestamp);
+    b.freeze()
+}
+
+/// (group, topic, partition) from an offset-commit key; other key kinds are `None`.
+pub fn decode_key(mut b: Bytes) -> Option<(String, String, i32)> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let version = b.get_i16();
+    if !(0..=1).contains(&version) {
+        return None; // group metadata (v2) and unknown kinds
+    }
+    let group = get_str(&mut b)?;
+    let topic = get_str(&mut b)?;
+    (b.remaining() >= 4).then(|| (group, topic, b.get_i32()))
+}
+
+pub fn decode_value(mut b: Bytes) -> Option<Committed> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let version = b.get_i16();
+    if b.remaining() < 8 {
+        return None;
+    }
+    let offset = b.get_i64();
+    let leader_epoch = if version >= 3 && b.remaining() >= 4 {
+        b.get_i32()
+    } else {
+        -1
+    };
+    let metadata = get_str(&mut b)?;
+    let commit_timestamp = if b.remaining() >= 8 { b.get_i64() } else { 0 };
+    Some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp,
+    })
+}
+
+/// The offsets topic, created on first use.
+pub fn topic(catalog: &Catalog, partitions: i32) -> Result<Arc<Topic>, ApiError> {
+    if let Some(t) = catalog.get(TOPIC) {
+        return Ok(t);
+    }
+    let mut configs = BTreeMap::new();
+    configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
+    configs.insert("segment.bytes".to_owned(), "104857600".to_owned());
+    match catalog.create(TOPIC, partitions, -1, configs) {
+        Err(e) if e.code == ResponseError::TopicAlreadyExists => catalog
+            .get(TOPIC)
+            .ok_or_else(|| ResponseError::CoordinatorNotAvailable.into()),
+        other => other,
+    }
+}
+
+/// Appends one group's commit or delete records and waits until they are as durable as an
+/// acks=all produce.
+pub async fn write(
+    catalog: &Catalog,
+    partitions: i32,
+    group: &str,
+    records: &[((String, i32), Option<Committed>)],
+) -> Result<(), ApiError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let topic = topic(catalog, partitions)?;
+    let partition = topic
+        .partition(partition_for(group, topic.partition_count()))
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let encoded: Vec<(Bytes, Option<Bytes>)> = records
+        .iter()
+        .map(|((t, p), v)| (encode_key(group, t, *p), v.as_ref().map(encode_value)))
+        .collect();
+    let kvs: Vec<KeyValue<'_>> = encoded
+        .iter()
+        .map(|(k, v)| (Some(k.as_ref()), v.as_deref()))
+        .collect();
+    let batch = records::build_batch(Codec::None, super::commit_timestamp(), &kvs)
+        .map_err(|e| ApiError::new(ResponseError::UnknownServerError, e.to_string()))?;
+    let log = partition.log.clone();
+    let result = log.append(BytesMut::from(&batch[..]), partition.leader_epoch)?;
+    if log.config().flush_on_acks_all {
+        log.wait_flushed(result.last_offset + 1).await?;
+    }
+    Ok(())
+}
+
+/// Reads every committed offset back from the offsets topic.
+pub fn load(catalog: &Catalog) -> HashMap<String, HashMap<(String, i32), Committed>> {
+    let mut out: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
+    let Some(topic) = catalog.get(TOPIC) else {
+        return out;
+    };
+    for p in topic.partitions.read().iter() {
+        let log = &p.log;
+        let mut offset = log.log_start_offset();
+        let end = log.log_end_offset();
+        while offset < end {
+            let data = match log.read(offset, 1 << 20, true, end) {
+                Ok(r) if !r.data.is_empty() => r.data,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(log = log.name(), error = %e, "cannot read committed offsets");
+                    break;
+                }
+            };
+            for (h, range) in strom_protocol::batch::BatchIter::new(&data) {
+                offset = h.last_offset() + 1;
+                let Some(bytes) = data.get(range) else { break };
+                let Ok(recs) = records::decode(bytes, DECODE_LIMIT) else {
+                    tracing::warn!(
+                        log = log.name(),
+                        offset = h.base_offset,
+                        "skipping undecodable offsets batch"
+                    );
+                    continue;
+                };
+                for r in recs {
+                    let Some((group, t, part)) = r.key.and_then(decode_key) else {
+                        continue;
+                    };
+                    let offsets = out.entry(group).or_default();
+                    match r.value.and_then(decode_value) {
+                        Some(c) => {
+                            offsets.insert((t, part), c);
+                        }
+                        None => {
+                            offsets.remove(&(t, part));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.retain(|_, o| !o.is_empty());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_partitioning_matches_java() {
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: "meta".into(),
+            commit_timestamp: 1_700_000_000_000,
+        };
+        assert_eq!(
+            decode_key(encode_key("g", "t", 7)),
+            Some(("g".into(), "t".into(), 7))
+        );
+        assert_eq!(decode_value(encode_value(&c)), Some(c));
+        // Values computed with Java's String.hashCode.
+        assert_eq!(java_hash("my-group"), -1_906_497_762);
+        assert_eq!(partition_for("my-group", 50), 36);
+        assert_eq!(partition_for("console-consumer-12345", 50), 6);
+        assert_eq!(partition_for("", 50), 0);
+    }
+}
