@@ -113,6 +113,9 @@ struct Group {
     /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
     pending: HashSet<String>,
     rebalance_deadline: Option<Instant>,
+    /// The running join phase started from Empty: it waits out the initial delay even when
+    /// every known member has joined, so that more consumers can arrive.
+    initial_delay: bool,
     offsets: HashMap<(String, i32), Committed>,
 }
 
@@ -127,6 +130,7 @@ impl Group {
             members: BTreeMap::new(),
             pending: HashSet::new(),
             rebalance_deadline: None,
+            initial_delay: false,
             offsets: HashMap::new(),
         }
     }
@@ -411,7 +415,8 @@ impl Coordinator {
             .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or_default();
-        let delay = if g.state == State::Empty {
+        g.initial_delay = g.state == State::Empty && !self.config.initial_rebalance_delay.is_zero();
+        let delay = if g.initial_delay {
             // Kafka's group.initial.rebalance.delay.ms: let a fleet of consumers arrive first.
             self.config.initial_rebalance_delay.min(longest)
         } else {
@@ -428,9 +433,9 @@ impl Coordinator {
         }
         let all_joined =
             g.members.values().all(|m| m.join_waiter.is_some()) && g.pending.is_empty();
-        let initial_delay_running = g.generation == 0
-            && g.rebalance_deadline.is_some_and(|d| now < d)
-            && !self.config.initial_rebalance_delay.is_zero();
+        let initial_delay_running =
+            g.initial_delay && g.rebalance_deadline.is_some_and(|d| now < d);
+
         let deadline_passed = g.rebalance_deadline.is_none_or(|d| now >= d);
         if !(deadline_passed || (all_joined && !initial_delay_running)) {
             return;
@@ -439,6 +444,7 @@ impl Coordinator {
         g.pending.clear();
         g.generation += 1;
         g.rebalance_deadline = None;
+        g.initial_delay = false;
         if g.members.is_empty() {
             g.state = State::Empty;
             g.protocol_name = None;
@@ -856,4 +862,164 @@ pub struct MemberDescription {
 /// The commit timestamp for new offsets.
 pub fn commit_timestamp() -> i64 {
     now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator() -> Arc<Coordinator> {
+        Coordinator::new(GroupConfig {
+            initial_rebalance_delay: Duration::ZERO,
+            min_session_timeout_ms: 10,
+            max_session_timeout_ms: 60_000,
+        })
+    }
+
+    fn join_req(member: &str, instance: Option<&str>) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member.into(),
+            instance_id: instance.map(Into::into),
+            client_id: "c".into(),
+            client_host: "127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
+            require_known_member_id: true,
+        }
+    }
+
+    fn now_or_fail<T>(mut rx: oneshot::Receiver<T>) -> T {
+        rx.try_recv().expect("answered without waiting")
+    }
+
+    /// Joins as a new member through MEMBER_ID_REQUIRED; returns the pending join.
+    fn join_new(c: &Coordinator) -> (String, oneshot::Receiver<JoinResult>) {
+        let first = now_or_fail(c.join(join_req("", None)));
+        assert_eq!(first.error, Some(ResponseError::MemberIdRequired));
+        let id = first.member_id.clone();
+        (id.clone(), c.join(join_req(&id, None)))
+    }
+
+    #[test]
+    fn a_group_forms_syncs_and_rebalances_when_a_member_joins() {
+        let c = coordinator();
+        let (a, rx) = join_new(&c);
+        c.tick();
+        let joined = now_or_fail(rx);
+        assert_eq!(
+            (joined.error, joined.generation, joined.leader.as_str()),
+            (None, 1, a.as_str())
+        );
+        assert_eq!(joined.members.len(), 1);
+        let synced = now_or_fail(c.sync(
+            "g",
+            &a,
+            None,
+            1,
+            (None, None),
+            vec![(a.clone(), Bytes::from_static(b"p0"))],
+        ));
+        assert_eq!(synced.assignment, Bytes::from_static(b"p0"));
+        assert_eq!(c.heartbeat("g", &a, None, 1), Ok(()));
+        assert_eq!(c.describe("g").map(|d| d.state), Some(State::Stable));
+
+        // A second member: the first learns through its heartbeat and rejoins.
+        let (b, rx_b) = join_new(&c);
+        assert_eq!(
+            c.heartbeat("g", &a, None, 1),
+            Err(ResponseError::RebalanceInProgress)
+        );
+        let rx_a = c.join(join_req(&a, None));
+        c.tick();
+        let (ja, jb) = (now_or_fail(rx_a), now_or_fail(rx_b));
+        assert_eq!((ja.generation, jb.generation), (2, 2));
+        assert_eq!(ja.leader, a);
+        assert_eq!(ja.members.len(), 2);
+        assert!(jb.members.is_empty(), "only the leader sees the members");
+        // Old generations are fenced; unknown members rejected.
+        assert_eq!(
+            c.heartbeat("g", &b, None, 1),
+            Err(ResponseError::IllegalGeneration)
+        );
+        // Kafka answers commits during CompletingRebalance with REBALANCE_IN_PROGRESS first.
+        assert_eq!(
+            c.check_commit("g", "nobody", None, 2),
+            Err(ResponseError::RebalanceInProgress)
+        );
+        // The follower's SyncGroup waits for the leader's.
+        let mut follower = c.sync("g", &b, None, 2, (None, None), vec![]);
+        assert!(follower.try_recv().is_err());
+        now_or_fail(c.sync(
+            "g",
+            &a,
+            None,
+            2,
+            (None, None),
+            vec![(b.clone(), Bytes::from_static(b"p1"))],
+        ));
+        assert_eq!(now_or_fail(follower).assignment, Bytes::from_static(b"p1"));
+        assert_eq!(
+            c.check_commit("g", "nobody", None, 2),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(
+            c.check_commit("g", &b, None, 1),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(c.check_commit("g", &b, None, 2), Ok(()));
+        assert_eq!(
+            c.check_commit("g", "nobody", None, 2),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(
+            c.check_commit("g", &b, None, 1),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(c.check_commit("g", &b, None, 2), Ok(()));
+        // Leaving empties the group after the rebalance completes.
+        assert_eq!(c.leave("g", &a, None), Ok(()));
+        assert_eq!(c.leave("g", &b, None), Ok(()));
+        assert_eq!(c.describe("g").map(|d| d.state), Some(State::Empty));
+        assert_eq!(c.check_commit("g", "", None, -1), Ok(()));
+    }
+
+    #[test]
+    fn a_static_member_rejoins_without_a_rebalance() {
+        let c = coordinator();
+        let rx = c.join(join_req("", Some("i-1")));
+        c.tick();
+        let first = now_or_fail(rx);
+        now_or_fail(c.sync("g", &first.member_id, Some("i-1"), 1, (None, None), vec![]));
+        let again = now_or_fail(c.join(join_req("", Some("i-1"))));
+        assert_eq!(again.generation, 1, "no new generation");
+        assert_ne!(again.member_id, first.member_id);
+        assert_eq!(
+            c.heartbeat("g", &first.member_id, Some("i-1"), 1),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(c.heartbeat("g", &again.member_id, Some("i-1"), 1), Ok(()));
+    }
+
+    #[test]
+    fn inconsistent_protocols_and_bad_timeouts_are_refused() {
+        let c = coordinator();
+        let (_, rx) = join_new(&c);
+        c.tick();
+        now_or_fail(rx);
+        let mut other = join_req("", None);
+        other.protocols = vec![("roundrobin".into(), Bytes::new())];
+        assert_eq!(
+            now_or_fail(c.join(other)).error,
+            Some(ResponseError::InconsistentGroupProtocol)
+        );
+        let mut slow = join_req("", None);
+        slow.session_timeout_ms = 5;
+        assert_eq!(
+            now_or_fail(c.join(slow)).error,
+            Some(ResponseError::InvalidSessionTimeout)
+        );
+    }
 }

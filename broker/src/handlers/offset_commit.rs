@@ -13,6 +13,12 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use super::Ctx;
 use crate::group::{commit_timestamp, store, Committed};
 
+/// A topic's partitions with the record to write or the error to report.
+type TopicPlan = (
+    kafka_protocol::messages::TopicName,
+    Vec<(i32, Result<Committed, ResponseError>)>,
+);
+
 /// Kafka's `offset.metadata.max.bytes`.
 const MAX_METADATA: usize = 4096;
 
@@ -30,10 +36,7 @@ pub fn handle(
     );
     let now = commit_timestamp();
     // Per partition: Ok(record to write) or the error to report.
-    let plan: Vec<(
-        kafka_protocol::messages::TopicName,
-        Vec<(i32, Result<Committed, ResponseError>)>,
-    )> = req
+    let plan: Vec<TopicPlan> = req
         .topics
         .into_iter()
         .map(|t| {

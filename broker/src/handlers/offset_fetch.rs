@@ -12,11 +12,14 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicNam
 use super::{s, Ctx};
 use crate::group::Committed;
 
+/// A topic's partitions and their committed offsets, if any.
+type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+
 /// (topic, [(partition, committed)]) for the requested partitions, or all committed ones.
 fn lookup(
     committed: &HashMap<(String, i32), Committed>,
     wanted: Option<Vec<(String, Vec<i32>)>>,
-) -> Vec<(String, Vec<(i32, Option<Committed>)>)> {
+) -> Vec<TopicOffsets> {
     match wanted {
         Some(list) => list
             .into_iter()
