@@ -184,7 +184,8 @@ impl Connection {
         let header = RequestHeader::decode(&mut bytes, header_version)
             .map_err(|e| format!("malformed {api:?} request header: {e}"))?;
         tracing::trace!(peer = %self.peer, ?api, version = prefix.api_version, "request");
-        let peer = self.peer.ip().to_string();
+        // Kafka reports client hosts as Java's InetAddress prints them: "/127.0.0.1".
+        let peer = format!("/{}", self.peer.ip());
         handlers::dispatch(&self.broker, api, &header, bytes, &peer).map_err(|e| e.to_string())
     }
 }

@@ -15,15 +15,20 @@ use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     alter_configs_request, create_partitions_request, create_topics_request,
     delete_records_request, delete_topics_request, describe_configs_request, fetch_request,
-    incremental_alter_configs_request, list_offsets_request, metadata_request, produce_request,
+    incremental_alter_configs_request, join_group_request, leave_group_request,
+    list_offsets_request, metadata_request, offset_commit_request, offset_delete_request,
+    offset_fetch_request, produce_request, sync_group_request,
 };
 use kafka_protocol::messages::{
     AlterConfigsRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId,
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest,
-    FetchResponse, IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
+    ConsumerProtocolSubscription, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeConfigsResponse, DescribeGroupsRequest, FetchRequest,
+    FetchResponse, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetFetchRequest,
+    ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
@@ -557,7 +562,8 @@ impl World {
 
 #[test]
 fn every_advertised_api_and_version_answers() {
-    let strom = Strom::start();
+    // Without the 3 s initial rebalance delay, so that one-member groups form at once.
+    let strom = group_broker();
     let addr = strom.addr();
     let mut c = Client::connect(addr);
     let resp = c.call(3, &api_versions_req(3));
@@ -657,6 +663,17 @@ fn check_version(w: &mut World, api: ApiKey, v: i16) {
         ApiKey::CreatePartitions => check_create_partitions(w, v),
         ApiKey::IncrementalAlterConfigs => check_incremental_alter_configs(w, v),
         ApiKey::DescribeCluster => check_describe_cluster(w, v),
+        ApiKey::FindCoordinator => check_find_coordinator(w, v),
+        ApiKey::JoinGroup => check_join_group(w, v),
+        ApiKey::SyncGroup => check_sync_group(w, v),
+        ApiKey::Heartbeat => check_heartbeat(w, v),
+        ApiKey::LeaveGroup => check_leave_group(w, v),
+        ApiKey::OffsetCommit => check_offset_commit(w, v),
+        ApiKey::OffsetFetch => check_offset_fetch(w, v),
+        ApiKey::DescribeGroups => check_describe_groups(w, v),
+        ApiKey::ListGroups => check_list_groups(w, v),
+        ApiKey::DeleteGroups => check_delete_groups(w, v),
+        ApiKey::OffsetDelete => check_offset_delete(w, v),
         other => panic!("no check written for {other:?}; extend check_version"),
     }
 }
@@ -1720,4 +1737,2017 @@ fn producer_state_survives_restarts() {
         send(&strom, idempotent(&batch(&["y"]), pid, 0, 1)).base_offset,
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Consumer groups (classic protocol): helpers and the per-version checks of test 1
+// ---------------------------------------------------------------------------------------------
+
+/// A broker whose first rebalance of a group does not wait `group.initial.rebalance.delay.ms`
+/// (3 s by default) for more members.
+fn group_broker() -> Strom {
+    Strom::start_with(&[("group.initial.rebalance.delay.ms", "0")])
+}
+
+/// The client id of every request (see [`header`]); Kafka prefixes new member ids with it.
+const CLIENT_ID: &str = "strom-protocol-tests";
+const CONSUMER: &str = "consumer";
+/// Long enough that no member expires while a test runs, unless the test wants it to.
+const SESSION_MS: i32 = 30_000;
+/// Kafka's default `group.min.session.timeout.ms`, the shortest session a member may ask for.
+const MIN_SESSION_MS: i32 = 6_000;
+const REBALANCE_MS: i32 = 10_000;
+
+// Kafka's error codes (checked against kafka-protocol's table in `group_error_codes_are_kafkas`).
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const ILLEGAL_GENERATION: i16 = 22;
+const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+const INVALID_GROUP_ID: i16 = 24;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const INVALID_SESSION_TIMEOUT: i16 = 26;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const NON_EMPTY_GROUP: i16 = 68;
+const GROUP_ID_NOT_FOUND: i16 = 69;
+const MEMBER_ID_REQUIRED: i16 = 79;
+const FENCED_INSTANCE_ID: i16 = 82;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+
+#[test]
+fn group_error_codes_are_kafkas() {
+    let table = [
+        (
+            UNKNOWN_TOPIC_OR_PARTITION,
+            ResponseError::UnknownTopicOrPartition,
+        ),
+        (ILLEGAL_GENERATION, ResponseError::IllegalGeneration),
+        (
+            INCONSISTENT_GROUP_PROTOCOL,
+            ResponseError::InconsistentGroupProtocol,
+        ),
+        (INVALID_GROUP_ID, ResponseError::InvalidGroupId),
+        (UNKNOWN_MEMBER_ID, ResponseError::UnknownMemberId),
+        (
+            INVALID_SESSION_TIMEOUT,
+            ResponseError::InvalidSessionTimeout,
+        ),
+        (REBALANCE_IN_PROGRESS, ResponseError::RebalanceInProgress),
+        (NON_EMPTY_GROUP, ResponseError::NonEmptyGroup),
+        (GROUP_ID_NOT_FOUND, ResponseError::GroupIdNotFound),
+        (MEMBER_ID_REQUIRED, ResponseError::MemberIdRequired),
+        (FENCED_INSTANCE_ID, ResponseError::FencedInstanceId),
+        (
+            GROUP_SUBSCRIBED_TO_TOPIC,
+            ResponseError::GroupSubscribedToTopic,
+        ),
+    ];
+    for (code, error) in table {
+        assert_eq!(code, error.code(), "{error:?}");
+    }
+}
+
+fn gid(s: &str) -> GroupId {
+    GroupId(sb(s))
+}
+
+/// A JoinGroup request with just the fields version `v` has; `protocols` are (name, metadata).
+fn join_req(
+    v: i16,
+    group: &str,
+    member_id: &str,
+    instance: Option<&str>,
+    session_ms: i32,
+    protocols: &[(&str, Bytes)],
+) -> JoinGroupRequest {
+    let mut req = JoinGroupRequest::default()
+        .with_group_id(gid(group))
+        .with_session_timeout_ms(session_ms)
+        .with_member_id(sb(member_id))
+        .with_protocol_type(sb(CONSUMER))
+        .with_protocols(
+            protocols
+                .iter()
+                .map(|(name, metadata)| {
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(sb(name))
+                        .with_metadata(metadata.clone())
+                })
+                .collect(),
+        );
+    if v >= 1 {
+        req.rebalance_timeout_ms = REBALANCE_MS;
+    }
+    if v >= 5 {
+        req.group_instance_id = instance.map(sb);
+    } else {
+        assert!(
+            instance.is_none(),
+            "JoinGroup v{v} has no group instance id"
+        );
+    }
+    if v >= 8 {
+        req.reason = Some(sb("protocol test"));
+    }
+    req
+}
+
+/// The one protocol ("range") the tests' members speak.
+fn range(metadata: &Bytes) -> [(&'static str, Bytes); 1] {
+    [("range", metadata.clone())]
+}
+
+/// Joins `group` as a new member, answering MEMBER_ID_REQUIRED (v4+, dynamic members) with the
+/// id it hands out; returns the response to the join that got in.
+fn join_new(
+    c: &mut Client,
+    v: i16,
+    group: &str,
+    instance: Option<&str>,
+    session_ms: i32,
+    metadata: &Bytes,
+) -> JoinGroupResponse {
+    let resp = c.call(
+        v,
+        &join_req(v, group, "", instance, session_ms, &range(metadata)),
+    );
+    if resp.error_code != MEMBER_ID_REQUIRED {
+        return resp;
+    }
+    assert!(
+        v >= 4 && instance.is_none(),
+        "MEMBER_ID_REQUIRED for JoinGroup v{v} with instance id {instance:?}"
+    );
+    let id = resp.member_id.to_string();
+    c.call(
+        v,
+        &join_req(v, group, &id, instance, session_ms, &range(metadata)),
+    )
+}
+
+fn sync_req(
+    v: i16,
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    instance: Option<&str>,
+    assignments: &[(&str, Bytes)],
+) -> SyncGroupRequest {
+    let mut req = SyncGroupRequest::default()
+        .with_group_id(gid(group))
+        .with_generation_id(generation)
+        .with_member_id(sb(member_id))
+        .with_assignments(
+            assignments
+                .iter()
+                .map(|(member, assignment)| {
+                    sync_group_request::SyncGroupRequestAssignment::default()
+                        .with_member_id(sb(member))
+                        .with_assignment(assignment.clone())
+                })
+                .collect(),
+        );
+    if v >= 3 {
+        req.group_instance_id = instance.map(sb);
+    }
+    if v >= 5 {
+        req.protocol_type = Some(sb(CONSUMER));
+        req.protocol_name = Some(sb("range"));
+    }
+    req
+}
+
+fn heartbeat_req(
+    v: i16,
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    instance: Option<&str>,
+) -> HeartbeatRequest {
+    let req = HeartbeatRequest::default()
+        .with_group_id(gid(group))
+        .with_generation_id(generation)
+        .with_member_id(sb(member_id));
+    if v >= 3 {
+        req.with_group_instance_id(instance.map(sb))
+    } else {
+        req
+    }
+}
+
+/// The error code of a Heartbeat of a dynamic member.
+fn heartbeat(c: &mut Client, v: i16, group: &str, generation: i32, member_id: &str) -> i16 {
+    c.call(v, &heartbeat_req(v, group, generation, member_id, None))
+        .error_code
+}
+
+/// LeaveGroup of (member id, instance id) pairs: a batch from v3, a single dynamic member before.
+fn leave_req(v: i16, group: &str, members: &[(&str, Option<&str>)]) -> LeaveGroupRequest {
+    let req = LeaveGroupRequest::default().with_group_id(gid(group));
+    if v < 3 {
+        assert!(
+            members.len() == 1 && members[0].1.is_none(),
+            "LeaveGroup v{v} takes one dynamic member"
+        );
+        return req.with_member_id(sb(members[0].0));
+    }
+    req.with_members(
+        members
+            .iter()
+            .map(|(member, instance)| {
+                let m = leave_group_request::MemberIdentity::default()
+                    .with_member_id(sb(member))
+                    .with_group_instance_id(instance.map(sb));
+                if v >= 5 {
+                    m.with_reason(Some(sb("protocol test")))
+                } else {
+                    m
+                }
+            })
+            .collect(),
+    )
+}
+
+/// An OffsetCommit of (partition, offset, metadata) of one topic, with leader epoch `epoch`
+/// where the version has it (v6+).
+#[allow(clippy::too_many_arguments)]
+fn commit_req(
+    v: i16,
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    instance: Option<&str>,
+    topic: &str,
+    partitions: &[(i32, i64, &str)],
+    epoch: i32,
+) -> OffsetCommitRequest {
+    let mut req = OffsetCommitRequest::default()
+        .with_group_id(gid(group))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(sb(member_id))
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(tn(topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|(partition, offset, metadata)| {
+                            let p = offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(*partition)
+                                .with_committed_offset(*offset)
+                                .with_committed_metadata(Some(sb(metadata)));
+                            if v >= 6 {
+                                p.with_committed_leader_epoch(epoch)
+                            } else {
+                                p
+                            }
+                        })
+                        .collect(),
+                ),
+        ]);
+    if v >= 7 {
+        req.group_instance_id = instance.map(sb);
+    }
+    req
+}
+
+/// (topic, partition, error code) of every partition of an OffsetCommit response.
+fn commit_codes(resp: &OffsetCommitResponse) -> Vec<(String, i32, i16)> {
+    resp.topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.to_string(), p.partition_index, p.error_code))
+        })
+        .collect()
+}
+
+/// Commits `offset` for partition 0 of `topic` (OffsetCommit v9) and returns the error code.
+fn commit_one(
+    c: &mut Client,
+    group: &str,
+    generation: i32,
+    member_id: &str,
+    topic: &str,
+    offset: i64,
+    metadata: &str,
+) -> i16 {
+    let req = commit_req(
+        9,
+        group,
+        generation,
+        member_id,
+        None,
+        topic,
+        &[(0, offset, metadata)],
+        0,
+    );
+    let codes = commit_codes(&c.call(9, &req));
+    assert_eq!(
+        codes.len(),
+        1,
+        "partitions in OffsetCommit response: {codes:?}"
+    );
+    assert_eq!((codes[0].0.as_str(), codes[0].1), (topic, 0));
+    codes[0].2
+}
+
+fn offset_fetch_req(v: i16, group: &str, topics: Option<&[(&str, &[i32])]>) -> OffsetFetchRequest {
+    let req = if v >= 8 {
+        OffsetFetchRequest::default().with_groups(vec![
+            offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(gid(group))
+                .with_topics(topics.map(|ts| {
+                    ts.iter()
+                        .map(|(t, parts)| {
+                            offset_fetch_request::OffsetFetchRequestTopics::default()
+                                .with_name(tn(t))
+                                .with_partition_indexes(parts.to_vec())
+                        })
+                        .collect()
+                })),
+        ])
+    } else {
+        OffsetFetchRequest::default()
+            .with_group_id(gid(group))
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|(t, parts)| {
+                        offset_fetch_request::OffsetFetchRequestTopic::default()
+                            .with_name(tn(t))
+                            .with_partition_indexes(parts.to_vec())
+                    })
+                    .collect()
+            }))
+    };
+    if v >= 7 {
+        req.with_require_stable(true)
+    } else {
+        req
+    }
+}
+
+/// (topic, partition, committed offset, leader epoch, metadata, error code).
+type Fetched = (String, i32, i64, i32, Option<String>, i16);
+
+/// Every partition of a one-group OffsetFetch response, sorted. Before v5 there is no leader
+/// epoch on the wire and it decodes as -1.
+fn fetched(c: &mut Client, v: i16, group: &str, topics: Option<&[(&str, &[i32])]>) -> Vec<Fetched> {
+    let resp = c.call(v, &offset_fetch_req(v, group, topics));
+    if v >= 3 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    let mut out: Vec<Fetched> = if v >= 8 {
+        assert_eq!(resp.groups.len(), 1, "groups in OffsetFetch response");
+        let g = &resp.groups[0];
+        assert_eq!(g.group_id.as_str(), group);
+        assert_eq!(g.error_code, 0, "group error in OffsetFetch response");
+        g.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| {
+                    (
+                        t.name.to_string(),
+                        p.partition_index,
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        p.metadata.as_ref().map(|m| m.to_string()),
+                        p.error_code,
+                    )
+                })
+            })
+            .collect()
+    } else {
+        if v >= 2 {
+            assert_eq!(
+                resp.error_code, 0,
+                "top-level error in OffsetFetch response"
+            );
+        }
+        resp.topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| {
+                    (
+                        t.name.to_string(),
+                        p.partition_index,
+                        p.committed_offset,
+                        p.committed_leader_epoch,
+                        p.metadata.as_ref().map(|m| m.to_string()),
+                        p.error_code,
+                    )
+                })
+            })
+            .collect()
+    };
+    out.sort();
+    out
+}
+
+/// The committed offset of one partition (OffsetFetch v8), -1 if there is none.
+fn fetched_offset(c: &mut Client, group: &str, topic: &str, partition: i32) -> i64 {
+    let got = fetched(c, 8, group, Some(&[(topic, &[partition])]));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].5, 0, "OffsetFetch error: {got:?}");
+    got[0].2
+}
+
+/// A committed entry as OffsetFetch reports it.
+fn committed_entry(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    epoch: i32,
+    metadata: &str,
+) -> Fetched {
+    (
+        topic.to_owned(),
+        partition,
+        offset,
+        epoch,
+        Some(metadata.to_owned()),
+        0,
+    )
+}
+
+/// A partition without a committed offset as OffsetFetch reports it (Kafka: -1 and "").
+fn no_commit(topic: &str, partition: i32) -> Fetched {
+    committed_entry(topic, partition, -1, -1, "")
+}
+
+/// DescribeGroups v5 of one group.
+fn describe_group(
+    addr: SocketAddr,
+    group: &str,
+) -> kafka_protocol::messages::describe_groups_response::DescribedGroup {
+    let resp = Client::connect(addr).call(
+        5,
+        &DescribeGroupsRequest::default().with_groups(vec![gid(group)]),
+    );
+    assert_eq!(resp.groups.len(), 1, "groups in DescribeGroups response");
+    let g = resp.groups[0].clone();
+    assert_eq!(g.error_code, 0, "describe {group}");
+    assert_eq!(g.group_id.as_str(), group);
+    g
+}
+
+fn state_of(addr: SocketAddr, group: &str) -> String {
+    describe_group(addr, group).group_state.to_string()
+}
+
+/// Forms a one-member group (JoinGroup v9, SyncGroup v5 with `assignment` for the member) over
+/// `c`, and returns the member's join response.
+fn stable_group(
+    c: &mut Client,
+    group: &str,
+    instance: Option<&str>,
+    metadata: &Bytes,
+    assignment: &Bytes,
+) -> JoinGroupResponse {
+    let j = join_new(c, 9, group, instance, SESSION_MS, metadata);
+    assert_eq!(j.error_code, 0, "join {group}");
+    assert_eq!(j.leader, j.member_id, "the only member of {group} leads it");
+    let id = j.member_id.to_string();
+    let s = c.call(
+        5,
+        &sync_req(
+            5,
+            group,
+            j.generation_id,
+            &id,
+            instance,
+            &[(&id, assignment.clone())],
+        ),
+    );
+    assert_eq!(s.error_code, 0, "sync {group}");
+    assert_eq!(&s.assignment, assignment, "assignment in {group}");
+    j
+}
+
+/// Consumer-protocol subscription metadata (v3, with its version prefix) for `topics`.
+fn subscription(topics: &[&str]) -> Bytes {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&3i16.to_be_bytes());
+    ConsumerProtocolSubscription::default()
+        .with_topics(topics.iter().map(|t| sb(t)).collect())
+        .encode(&mut buf, 3)
+        .expect("encode subscription");
+    buf.freeze()
+}
+
+/// Calls `f` every 20 ms while it returns `from`, for at most `within`; returns the last value.
+fn poll_while<T: PartialEq>(within: Duration, from: T, mut f: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = f();
+        if now != from || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts that no response arrives on `c` within 300 ms (it is waiting for something).
+fn nothing_arrives(c: &mut Client, what: &str) {
+    c.stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    match c.stream.peek(&mut byte) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("{what}: expected no response yet, got {other:?}"),
+    }
+    c.stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("read timeout");
+}
+
+fn check_find_coordinator(w: &mut World, v: i16) {
+    let group = format!("proto-fc-v{v}");
+    let keys = [group.as_str(), "proto-fc-other"];
+    // key_type 0 (a group) is the default, and the only kind before v1.
+    let req = if v >= 4 {
+        FindCoordinatorRequest::default()
+            .with_coordinator_keys(keys.iter().map(|k| sb(k)).collect())
+    } else {
+        FindCoordinatorRequest::default().with_key(sb(&group))
+    };
+    let resp = w.client().call(v, &req);
+    assert_eq!(resp.throttle_time_ms, 0);
+    if v >= 4 {
+        let got: Vec<_> = resp
+            .coordinators
+            .iter()
+            .map(|c| {
+                (
+                    c.key.to_string(),
+                    c.error_code,
+                    *c.node_id,
+                    c.host.to_string(),
+                    c.port,
+                )
+            })
+            .collect();
+        let want: Vec<_> = keys
+            .iter()
+            .map(|k| ((*k).to_owned(), 0, NODE_ID, "127.0.0.1".to_owned(), w.port))
+            .collect();
+        assert_eq!(got, want, "one coordinator per key");
+    } else {
+        assert_eq!(resp.error_code, 0, "{:?}", resp.error_message);
+        assert_eq!(*resp.node_id, NODE_ID);
+        assert_eq!(resp.host.as_str(), "127.0.0.1");
+        assert_eq!(resp.port, w.port);
+    }
+}
+
+fn check_join_group(w: &mut World, v: i16) {
+    let group = format!("proto-jg-v{v}");
+    let metadata = Bytes::from(format!("jg-meta-v{v}"));
+    let protocols = [
+        ("range", metadata.clone()),
+        ("roundrobin", Bytes::from_static(b"rr")),
+    ];
+    let mut c = w.client();
+    let first = c.call(v, &join_req(v, &group, "", None, SESSION_MS, &protocols));
+    let joined = if v >= 4 {
+        assert_eq!(
+            first.error_code, MEMBER_ID_REQUIRED,
+            "first join of a dynamic member (KIP-394)"
+        );
+        assert_eq!(first.generation_id, -1);
+        assert!(first.members.is_empty());
+        let id = first.member_id.to_string();
+        assert!(id.starts_with(&format!("{CLIENT_ID}-")), "member id {id:?}");
+        let joined = c.call(v, &join_req(v, &group, &id, None, SESSION_MS, &protocols));
+        assert_eq!(joined.member_id.as_str(), id, "the rejoin keeps the id");
+        joined
+    } else {
+        first
+    };
+    assert_eq!(joined.error_code, 0, "join");
+    if v >= 2 {
+        assert_eq!(joined.throttle_time_ms, 0);
+    }
+    assert_eq!(joined.generation_id, 1, "first generation");
+    let id = joined.member_id.to_string();
+    assert!(id.starts_with(&format!("{CLIENT_ID}-")), "member id {id:?}");
+    assert_eq!(joined.leader.as_str(), id, "the only member leads");
+    assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+    if v >= 7 {
+        assert_eq!(joined.protocol_type.as_deref(), Some(CONSUMER));
+    }
+    if v >= 9 {
+        assert!(!joined.skip_assignment);
+    }
+    let members: Vec<_> = joined
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.group_instance_id.clone(),
+                m.metadata.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        vec![(id, None, metadata)],
+        "the leader gets the members with the chosen protocol's metadata"
+    );
+    assert_eq!(state_of(w.addr, &group), "CompletingRebalance");
+}
+
+fn check_sync_group(w: &mut World, v: i16) {
+    let group = format!("proto-sg-v{v}");
+    let mut c = w.client();
+    let j = join_new(
+        &mut c,
+        9,
+        &group,
+        None,
+        SESSION_MS,
+        &Bytes::from_static(b"sg"),
+    );
+    assert_eq!(j.error_code, 0, "join");
+    let id = j.member_id.to_string();
+    // Not UTF-8: the broker passes the bytes on without looking inside.
+    let assignment = Bytes::from(vec![0xff, 0x00, 0xfe, b's', b'g', v as u8]);
+    let resp = c.call(
+        v,
+        &sync_req(
+            v,
+            &group,
+            j.generation_id,
+            &id,
+            None,
+            &[(&id, assignment.clone())],
+        ),
+    );
+    assert_eq!(resp.error_code, 0, "sync");
+    if v >= 1 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    assert_eq!(
+        resp.assignment, assignment,
+        "the leader's assignment, untouched"
+    );
+    if v >= 5 {
+        assert_eq!(resp.protocol_type.as_deref(), Some(CONSUMER));
+        assert_eq!(resp.protocol_name.as_deref(), Some("range"));
+    }
+    let d = describe_group(w.addr, &group);
+    assert_eq!(d.group_state.as_str(), "Stable");
+    assert_eq!(d.members[0].member_assignment, assignment);
+    // A retry in the Stable group gets the same assignment; a wrong generation gets nothing.
+    let again = c.call(v, &sync_req(v, &group, j.generation_id, &id, None, &[]));
+    assert_eq!((again.error_code, again.assignment), (0, assignment));
+    let stale = c.call(v, &sync_req(v, &group, j.generation_id + 1, &id, None, &[]));
+    assert_eq!(stale.error_code, ILLEGAL_GENERATION);
+}
+
+fn check_heartbeat(w: &mut World, v: i16) {
+    let group = format!("proto-hb-v{v}");
+    let mut c = w.client();
+    let j = stable_group(
+        &mut c,
+        &group,
+        None,
+        &Bytes::from_static(b"hb"),
+        &Bytes::from_static(b"hb-assignment"),
+    );
+    let id = j.member_id.to_string();
+    let resp = c.call(v, &heartbeat_req(v, &group, j.generation_id, &id, None));
+    assert_eq!(resp.error_code, 0);
+    if v >= 1 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    assert_eq!(
+        heartbeat(&mut c, v, &group, j.generation_id + 1, &id),
+        ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        heartbeat(&mut c, v, &group, j.generation_id, "proto-nobody"),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        heartbeat(&mut c, v, "proto-hb-no-such-group", 1, &id),
+        UNKNOWN_MEMBER_ID
+    );
+}
+
+fn check_leave_group(w: &mut World, v: i16) {
+    let group = format!("proto-lv-v{v}");
+    let mut c = w.client();
+    let j = stable_group(
+        &mut c,
+        &group,
+        None,
+        &Bytes::from_static(b"lv"),
+        &Bytes::from_static(b"lv-assignment"),
+    );
+    let id = j.member_id.to_string();
+    let resp = if v >= 3 {
+        let resp = c.call(
+            v,
+            &leave_req(v, &group, &[(&id, None), ("proto-nobody", None)]),
+        );
+        assert_eq!(resp.error_code, 0);
+        let got: Vec<_> = resp
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.clone(),
+                    m.error_code,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (id.clone(), None, 0),
+                ("proto-nobody".to_owned(), None, UNKNOWN_MEMBER_ID)
+            ],
+            "per-member results"
+        );
+        resp
+    } else {
+        let resp = c.call(v, &leave_req(v, &group, &[(&id, None)]));
+        assert_eq!(resp.error_code, 0);
+        let again = c.call(v, &leave_req(v, &group, &[(&id, None)]));
+        assert_eq!(again.error_code, UNKNOWN_MEMBER_ID, "leaving twice");
+        resp
+    };
+    if v >= 1 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    let d = describe_group(w.addr, &group);
+    assert_eq!(d.group_state.as_str(), "Empty");
+    assert!(
+        d.members.is_empty(),
+        "members after leaving: {:?}",
+        d.members
+    );
+    assert_eq!(
+        heartbeat(&mut c, 4, &group, j.generation_id, &id),
+        UNKNOWN_MEMBER_ID
+    );
+}
+
+fn check_offset_commit(w: &mut World, v: i16) {
+    let group = format!("proto-oc-v{v}");
+    let mut c = w.client();
+    let j = stable_group(
+        &mut c,
+        &group,
+        None,
+        &Bytes::from_static(b"oc"),
+        &Bytes::from_static(b"oc-assignment"),
+    );
+    let id = j.member_id.to_string();
+    let generation = j.generation_id;
+    let offset = 100 + i64::from(v);
+    let metadata = format!("oc-v{v}");
+    let req = commit_req(
+        v,
+        &group,
+        generation,
+        &id,
+        None,
+        MAIN,
+        &[(0, offset, &metadata), (7, 1, "no such partition")],
+        w.leader_epoch,
+    );
+    let resp = c.call(v, &req);
+    if v >= 3 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    assert_eq!(
+        commit_codes(&resp),
+        vec![
+            (MAIN.to_owned(), 0, 0),
+            (MAIN.to_owned(), 7, UNKNOWN_TOPIC_OR_PARTITION)
+        ]
+    );
+    let epoch = if v >= 6 { w.leader_epoch } else { -1 };
+    let stored = vec![committed_entry(MAIN, 0, offset, epoch, &metadata)];
+    assert_eq!(fetched(&mut c, 8, &group, Some(&[(MAIN, &[0])])), stored);
+    // A stale generation and an unknown member are refused at this version too.
+    for (generation, member, code) in [
+        (generation + 1, id.as_str(), ILLEGAL_GENERATION),
+        (generation, "proto-nobody", UNKNOWN_MEMBER_ID),
+    ] {
+        let req = commit_req(v, &group, generation, member, None, MAIN, &[(0, 1, "x")], 0);
+        assert_eq!(
+            commit_codes(&c.call(v, &req)),
+            vec![(MAIN.to_owned(), 0, code)],
+            "commit of member {member:?} in generation {generation}"
+        );
+    }
+    assert_eq!(fetched(&mut c, 8, &group, Some(&[(MAIN, &[0])])), stored);
+}
+
+fn check_offset_fetch(w: &mut World, v: i16) {
+    let group = format!("proto-of-v{v}");
+    let topic = format!("proto-of-v{v}");
+    create_topic(w.addr, &topic, 2, &[]);
+    let mut c = w.client();
+    let offset = 200 + i64::from(v);
+    let metadata = format!("of-v{v}");
+    // A simple commit (no member, generation -1), as from a consumer that uses assign().
+    let req = commit_req(
+        9,
+        &group,
+        -1,
+        "",
+        None,
+        &topic,
+        &[(0, offset, &metadata)],
+        w.leader_epoch,
+    );
+    assert_eq!(commit_codes(&c.call(9, &req)), vec![(topic.clone(), 0, 0)]);
+    let epoch = if v >= 5 { w.leader_epoch } else { -1 };
+    let committed = committed_entry(&topic, 0, offset, epoch, &metadata);
+    assert_eq!(
+        fetched(&mut c, v, &group, Some(&[(&topic, &[0, 1])])),
+        vec![committed.clone(), no_commit(&topic, 1)]
+    );
+    if v >= 2 {
+        // Null topics: every committed offset of the group.
+        assert_eq!(fetched(&mut c, v, &group, None), vec![committed.clone()]);
+    }
+    assert_eq!(
+        fetched(&mut c, v, "proto-of-nobody", Some(&[(&topic, &[0])])),
+        vec![no_commit(&topic, 0)],
+        "a group without commits"
+    );
+    if v >= 8 {
+        // Several groups in one request.
+        let req = OffsetFetchRequest::default()
+            .with_require_stable(true)
+            .with_groups(vec![
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(gid(&group))
+                    .with_topics(Some(vec![
+                        offset_fetch_request::OffsetFetchRequestTopics::default()
+                            .with_name(tn(&topic))
+                            .with_partition_indexes(vec![0]),
+                    ])),
+                offset_fetch_request::OffsetFetchRequestGroup::default()
+                    .with_group_id(gid("proto-of-nobody"))
+                    .with_topics(None),
+            ]);
+        let resp = c.call(v, &req);
+        let got: Vec<_> = resp
+            .groups
+            .iter()
+            .map(|g| {
+                let offsets: Vec<_> = g
+                    .topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(move |p| {
+                            (t.name.to_string(), p.partition_index, p.committed_offset)
+                        })
+                    })
+                    .collect();
+                (g.group_id.to_string(), g.error_code, offsets)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (group.clone(), 0, vec![(topic.clone(), 0, offset)]),
+                ("proto-of-nobody".to_owned(), 0, vec![]),
+            ]
+        );
+    }
+}
+
+fn check_describe_groups(w: &mut World, v: i16) {
+    let group = format!("proto-dg-v{v}");
+    let metadata = Bytes::from(format!("dg-meta-v{v}"));
+    let assignment = Bytes::from(format!("dg-assignment-v{v}"));
+    let mut c = w.client();
+    let j = stable_group(&mut c, &group, None, &metadata, &assignment);
+    let req = DescribeGroupsRequest::default()
+        .with_groups(vec![gid(&group), gid("proto-dg-no-such-group")]);
+    let resp = c.call(v, &req);
+    if v >= 1 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    assert_eq!(resp.groups.len(), 2);
+    let g = &resp.groups[0];
+    assert_eq!(g.error_code, 0);
+    assert_eq!(g.group_id.as_str(), group);
+    assert_eq!(g.group_state.as_str(), "Stable");
+    assert_eq!(g.protocol_type.as_str(), CONSUMER);
+    assert_eq!(g.protocol_data.as_str(), "range");
+    if v >= 3 {
+        assert_eq!(g.authorized_operations, i32::MIN, "not asked for");
+    }
+    assert_eq!(g.members.len(), 1);
+    let m = &g.members[0];
+    assert_eq!(m.member_id, j.member_id);
+    assert_eq!(m.client_id.as_str(), CLIENT_ID);
+    assert!(
+        m.client_host.ends_with("127.0.0.1"),
+        "client host {:?}",
+        m.client_host
+    );
+    assert_eq!(m.member_metadata, metadata);
+    assert_eq!(m.member_assignment, assignment);
+    if v >= 4 {
+        assert_eq!(m.group_instance_id, None);
+    }
+    // Kafka describes a group it does not know as Dead, without an error (before v6).
+    let unknown = &resp.groups[1];
+    assert_eq!(unknown.error_code, 0);
+    assert_eq!(unknown.group_id.as_str(), "proto-dg-no-such-group");
+    assert_eq!(unknown.group_state.as_str(), "Dead");
+    assert_eq!(unknown.protocol_type.as_str(), "");
+    assert!(unknown.members.is_empty());
+}
+
+fn check_list_groups(w: &mut World, v: i16) {
+    let group = format!("proto-lg-v{v}");
+    let mut c = w.client();
+    stable_group(
+        &mut c,
+        &group,
+        None,
+        &Bytes::from_static(b"lg"),
+        &Bytes::from_static(b"lg-assignment"),
+    );
+    let resp = c.call(v, &ListGroupsRequest::default());
+    assert_eq!(resp.error_code, 0);
+    if v >= 1 {
+        assert_eq!(resp.throttle_time_ms, 0);
+    }
+    let ours: Vec<_> = resp
+        .groups
+        .iter()
+        .filter(|g| g.group_id.as_str() == group)
+        .collect();
+    assert_eq!(ours.len(), 1, "{group} listed once");
+    assert_eq!(ours[0].protocol_type.as_str(), CONSUMER);
+    if v >= 4 {
+        assert_eq!(ours[0].group_state.as_str(), "Stable");
+    }
+    if v >= 5 {
+        assert_eq!(ours[0].group_type.as_str(), "classic");
+    }
+    let lists = |c: &mut Client, req: ListGroupsRequest| {
+        let resp = c.call(v, &req);
+        assert_eq!(resp.error_code, 0);
+        resp.groups.iter().any(|g| g.group_id.as_str() == group)
+    };
+    let strs = |xs: &[&str]| xs.iter().map(|x| sb(x)).collect::<Vec<_>>();
+    if v >= 4 {
+        let states = |xs: &[&str]| ListGroupsRequest::default().with_states_filter(strs(xs));
+        assert!(lists(&mut c, states(&["Stable"])), "state filter Stable");
+        assert!(
+            !lists(&mut c, states(&["Empty", "Dead"])),
+            "state filter Empty, Dead"
+        );
+    }
+    if v >= 5 {
+        let types = |xs: &[&str]| ListGroupsRequest::default().with_types_filter(strs(xs));
+        assert!(lists(&mut c, types(&["classic"])), "type filter classic");
+        assert!(!lists(&mut c, types(&["consumer"])), "type filter consumer");
+    }
+}
+
+fn check_delete_groups(w: &mut World, v: i16) {
+    let group = format!("proto-dlg-v{v}");
+    let unknown = format!("proto-dlg-unknown-v{v}");
+    let mut c = w.client();
+    let j = stable_group(
+        &mut c,
+        &group,
+        None,
+        &Bytes::from_static(b"dlg"),
+        &Bytes::from_static(b"dlg-assignment"),
+    );
+    let id = j.member_id.to_string();
+    assert_eq!(
+        commit_one(&mut c, &group, j.generation_id, &id, MAIN, 5, "dlg"),
+        0
+    );
+    let delete = |c: &mut Client, names: &[&str]| {
+        let req = DeleteGroupsRequest::default()
+            .with_groups_names(names.iter().map(|n| gid(n)).collect());
+        let resp = c.call(v, &req);
+        assert_eq!(resp.throttle_time_ms, 0);
+        resp.results
+            .iter()
+            .map(|r| (r.group_id.to_string(), r.error_code))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        delete(&mut c, &[&group]),
+        vec![(group.clone(), NON_EMPTY_GROUP)]
+    );
+    assert_eq!(state_of(w.addr, &group), "Stable");
+    assert_eq!(fetched_offset(&mut c, &group, MAIN, 0), 5);
+    let left = c.call(5, &leave_req(5, &group, &[(&id, None)]));
+    assert_eq!(left.members[0].error_code, 0, "leave");
+    assert_eq!(
+        delete(&mut c, &[&group, &unknown]),
+        vec![(group.clone(), 0), (unknown.clone(), GROUP_ID_NOT_FOUND)]
+    );
+    assert_eq!(
+        fetched_offset(&mut c, &group, MAIN, 0),
+        -1,
+        "offsets go with the group"
+    );
+    assert_eq!(state_of(w.addr, &group), "Dead");
+    assert_eq!(
+        delete(&mut c, &[&group]),
+        vec![(group.clone(), GROUP_ID_NOT_FOUND)],
+        "deleting twice"
+    );
+}
+
+fn check_offset_delete(w: &mut World, v: i16) {
+    let group = format!("proto-od-v{v}");
+    let other = format!("proto-od-other-v{v}");
+    create_topic(w.addr, &other, 1, &[]);
+    let mut c = w.client();
+    // A consumer subscribed to MAIN only.
+    let j = stable_group(&mut c, &group, None, &subscription(&[MAIN]), &Bytes::new());
+    let id = j.member_id.to_string();
+    assert_eq!(
+        commit_one(&mut c, &group, j.generation_id, &id, MAIN, 3, "main"),
+        0
+    );
+    assert_eq!(
+        commit_one(&mut c, &group, j.generation_id, &id, &other, 4, "other"),
+        0
+    );
+    let delete = |c: &mut Client, group: &str, topic: &str| {
+        let req = OffsetDeleteRequest::default()
+            .with_group_id(gid(group))
+            .with_topics(vec![
+                offset_delete_request::OffsetDeleteRequestTopic::default()
+                    .with_name(tn(topic))
+                    .with_partitions(vec![
+                        offset_delete_request::OffsetDeleteRequestPartition::default()
+                            .with_partition_index(0),
+                    ]),
+            ]);
+        let resp = c.call(v, &req);
+        assert_eq!(resp.throttle_time_ms, 0);
+        let partitions: Vec<_> = resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.to_string(), p.partition_index, p.error_code))
+            })
+            .collect();
+        (resp.error_code, partitions)
+    };
+    assert_eq!(
+        delete(&mut c, &group, &other),
+        (0, vec![(other.clone(), 0, 0)]),
+        "a topic the group does not subscribe to"
+    );
+    assert_eq!(fetched_offset(&mut c, &group, &other, 0), -1);
+    assert_eq!(
+        delete(&mut c, &group, MAIN),
+        (0, vec![(MAIN.to_owned(), 0, GROUP_SUBSCRIBED_TO_TOPIC)]),
+        "a topic the group subscribes to"
+    );
+    assert_eq!(fetched_offset(&mut c, &group, MAIN, 0), 3);
+    assert_eq!(
+        delete(&mut c, "proto-od-no-such-group", MAIN).0,
+        GROUP_ID_NOT_FOUND
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The group state machine over the wire
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_second_member_triggers_a_rebalance_and_followers_sync_after_the_leader() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-rebalance";
+    let (meta1, meta2) = (Bytes::from_static(b"meta-1"), Bytes::from_static(b"meta-2"));
+    let mut c1 = Client::connect(addr);
+    let j = stable_group(&mut c1, group, None, &meta1, &Bytes::from_static(b"alone"));
+    let m1 = j.member_id.to_string();
+    assert_eq!(j.generation_id, 1);
+    assert_eq!(heartbeat(&mut c1, 4, group, 1, &m1), 0);
+
+    // A second member. Being handed a member id does not disturb the group...
+    let mut c2 = Client::connect(addr);
+    let first = c2.call(9, &join_req(9, group, "", None, SESSION_MS, &range(&meta2)));
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let m2 = first.member_id.to_string();
+    assert_ne!(m1, m2);
+    assert_eq!(
+        heartbeat(&mut c1, 4, group, 1, &m1),
+        0,
+        "a member id handed out does not start a rebalance"
+    );
+    assert_eq!(state_of(addr, group), "Stable");
+
+    // ...its join does, and waits until the first member has rejoined.
+    let join2 = c2.send(
+        9,
+        &join_req(9, group, &m2, None, SESSION_MS, &range(&meta2)),
+    );
+    let code = poll_while(Duration::from_secs(5), 0, || {
+        heartbeat(&mut c1, 4, group, 1, &m1)
+    });
+    assert_eq!(
+        code, REBALANCE_IN_PROGRESS,
+        "the first member's heartbeat during the rebalance"
+    );
+    assert_eq!(state_of(addr, group), "PreparingRebalance");
+    nothing_arrives(
+        &mut c2,
+        "JoinGroup of the new member before the old one rejoined",
+    );
+    let j1 = c1.call(
+        9,
+        &join_req(9, group, &m1, None, SESSION_MS, &range(&meta1)),
+    );
+    let j2: JoinGroupResponse = c2.recv::<JoinGroupRequest>(9, join2);
+    assert_eq!((j1.error_code, j2.error_code), (0, 0), "joins");
+    assert_eq!(
+        (j1.member_id.as_str(), j2.member_id.as_str()),
+        (m1.as_str(), m2.as_str())
+    );
+    assert_eq!(
+        (j1.generation_id, j2.generation_id),
+        (2, 2),
+        "one new generation for both"
+    );
+    assert_eq!(j1.leader, j2.leader, "one leader");
+    assert_eq!(j1.leader.as_str(), m1, "the leader stays the leader");
+    let mut members: Vec<_> = j1
+        .members
+        .iter()
+        .map(|m| (m.member_id.to_string(), m.metadata.clone()))
+        .collect();
+    members.sort();
+    let mut want = vec![(m1.clone(), meta1.clone()), (m2.clone(), meta2.clone())];
+    want.sort();
+    assert_eq!(members, want, "the leader gets every member's metadata");
+    assert!(j2.members.is_empty(), "a follower gets no member list");
+    assert_eq!(state_of(addr, group), "CompletingRebalance");
+
+    // The follower's SyncGroup waits for the leader's, which hands out the assignments.
+    let sync2 = c2.send(5, &sync_req(5, group, 2, &m2, None, &[]));
+    nothing_arrives(&mut c2, "the follower's SyncGroup before the leader's");
+    assert_eq!(
+        heartbeat(&mut c1, 4, group, 2, &m1),
+        0,
+        "heartbeat while completing"
+    );
+    let (a1, a2) = (
+        Bytes::from_static(b"\x00\x01part-0"),
+        Bytes::from_static(b"\x00\x01part-1"),
+    );
+    let s1 = c1.call(
+        5,
+        &sync_req(
+            5,
+            group,
+            2,
+            &m1,
+            None,
+            &[(&m1, a1.clone()), (&m2, a2.clone())],
+        ),
+    );
+    let s2 = c2.recv::<SyncGroupRequest>(5, sync2);
+    assert_eq!((s1.error_code, s1.assignment.clone()), (0, a1.clone()));
+    assert_eq!((s2.error_code, s2.assignment.clone()), (0, a2.clone()));
+    let d = describe_group(addr, group);
+    assert_eq!(d.group_state.as_str(), "Stable");
+    let mut assignments: Vec<_> = d
+        .members
+        .iter()
+        .map(|m| (m.member_id.to_string(), m.member_assignment.clone()))
+        .collect();
+    assignments.sort();
+    let mut want = vec![(m1.clone(), a1), (m2.clone(), a2)];
+    want.sort();
+    assert_eq!(assignments, want);
+    for (c, m) in [(&mut c1, &m1), (&mut c2, &m2)] {
+        assert_eq!(heartbeat(c, 4, group, 2, m), 0, "{m} in generation 2");
+        assert_eq!(
+            heartbeat(c, 4, group, 1, m),
+            ILLEGAL_GENERATION,
+            "{m} in generation 1"
+        );
+    }
+
+    // The follower leaves: the leader is told to rejoin and forms generation 3 alone.
+    let left = c2.call(5, &leave_req(5, group, &[(&m2, None)]));
+    assert_eq!((left.error_code, left.members[0].error_code), (0, 0));
+    assert_eq!(heartbeat(&mut c1, 4, group, 2, &m1), REBALANCE_IN_PROGRESS);
+    let j1 = c1.call(
+        9,
+        &join_req(9, group, &m1, None, SESSION_MS, &range(&meta1)),
+    );
+    assert_eq!((j1.error_code, j1.generation_id), (0, 3));
+    assert_eq!(j1.leader.as_str(), m1);
+    let members: Vec<_> = j1.members.iter().map(|m| m.member_id.to_string()).collect();
+    assert_eq!(members, vec![m1.clone()]);
+}
+
+#[test]
+fn stale_generations_and_unknown_members_are_fenced() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-fencing";
+    let meta = Bytes::from_static(b"fencing");
+    let mut c = Client::connect(addr);
+    let j = stable_group(&mut c, group, None, &meta, &Bytes::from_static(b"a1"));
+    let m = j.member_id.to_string();
+    assert_eq!(j.generation_id, 1);
+    // A valid member's commit to a topic that does not exist is refused for that partition.
+    assert_eq!(
+        commit_one(&mut c, group, 1, &m, MAIN_FENCING, 1, "g1"),
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    create_topic(addr, MAIN_FENCING, 1, &[]);
+    assert_eq!(commit_one(&mut c, group, 1, &m, MAIN_FENCING, 1, "g1"), 0);
+
+    // The leader's JoinGroup in a Stable group starts generation 2.
+    let j2 = c.call(9, &join_req(9, group, &m, None, SESSION_MS, &range(&meta)));
+    assert_eq!((j2.error_code, j2.generation_id), (0, 2));
+    assert_eq!(state_of(addr, group), "CompletingRebalance");
+    assert_eq!(
+        commit_one(&mut c, group, 2, &m, MAIN_FENCING, 2, "g2"),
+        REBALANCE_IN_PROGRESS,
+        "a commit before the new generation is synced"
+    );
+    assert_eq!(heartbeat(&mut c, 4, group, 2, &m), 0);
+    assert_eq!(heartbeat(&mut c, 4, group, 1, &m), ILLEGAL_GENERATION);
+    let stale = c.call(5, &sync_req(5, group, 1, &m, None, &[(&m, Bytes::new())]));
+    assert_eq!(
+        stale.error_code, ILLEGAL_GENERATION,
+        "SyncGroup of generation 1"
+    );
+    let s = c.call(
+        3,
+        &sync_req(3, group, 2, &m, None, &[(&m, Bytes::from_static(b"a2"))]),
+    );
+    assert_eq!((s.error_code, s.assignment), (0, Bytes::from_static(b"a2")));
+
+    // Generation 1 is over for every API and version.
+    for v in [2, 5, 9] {
+        let req = commit_req(v, group, 1, &m, None, MAIN_FENCING, &[(0, 10, "stale")], 0);
+        assert_eq!(
+            commit_codes(&c.call(v, &req)),
+            vec![(MAIN_FENCING.to_owned(), 0, ILLEGAL_GENERATION)],
+            "OffsetCommit v{v} in generation 1"
+        );
+    }
+    for v in [0, 4] {
+        assert_eq!(
+            heartbeat(&mut c, v, group, 1, &m),
+            ILLEGAL_GENERATION,
+            "v{v}"
+        );
+        assert_eq!(
+            heartbeat(&mut c, v, group, 3, &m),
+            ILLEGAL_GENERATION,
+            "v{v}"
+        );
+    }
+    assert_eq!(commit_one(&mut c, group, 2, &m, MAIN_FENCING, 20, "g2"), 0);
+
+    // A member id the group does not know.
+    let nobody = "proto-nobody";
+    assert_eq!(
+        commit_one(&mut c, group, 2, nobody, MAIN_FENCING, 30, "x"),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(heartbeat(&mut c, 4, group, 2, nobody), UNKNOWN_MEMBER_ID);
+    let s = c.call(5, &sync_req(5, group, 2, nobody, None, &[]));
+    assert_eq!(s.error_code, UNKNOWN_MEMBER_ID, "SyncGroup");
+    let j = c.call(
+        9,
+        &join_req(9, group, nobody, None, SESSION_MS, &range(&meta)),
+    );
+    assert_eq!(
+        j.error_code, UNKNOWN_MEMBER_ID,
+        "JoinGroup with an unknown member id"
+    );
+    let l = c.call(0, &leave_req(0, group, &[(nobody, None)]));
+    assert_eq!(l.error_code, UNKNOWN_MEMBER_ID, "LeaveGroup");
+
+    // Only the accepted commits count, and the group is untouched.
+    assert_eq!(fetched_offset(&mut c, group, MAIN_FENCING, 0), 20);
+    assert_eq!(state_of(addr, group), "Stable");
+    assert_eq!(heartbeat(&mut c, 4, group, 2, &m), 0);
+}
+
+const MAIN_FENCING: &str = "proto-fencing";
+
+/// Kafka validates the member and its generation before it looks at the group's state, so a
+/// zombie hears ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID even in the middle of a rebalance
+/// (GroupCoordinator.handleHeartbeat and doCommitOffsets; ClassicGroup.validateOffsetCommit in
+/// the new coordinator). A commit with generation -1 to an Empty group is accepted whatever its
+/// member id, and a member commit (generation >= 0) to a group that does not exist is refused
+/// with ILLEGAL_GENERATION (GROUP_ID_NOT_FOUND from OffsetCommit v9 in the new coordinator,
+/// OffsetMetadataManager.validateOffsetCommit) without creating the group.
+#[test]
+fn group_errors_follow_kafkas_validation_order() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-precedence";
+    create_topic(addr, group, 1, &[]);
+    let meta = Bytes::from_static(b"p");
+    let mut c1 = Client::connect(addr);
+    let j = stable_group(&mut c1, group, None, &meta, &Bytes::new());
+    let m1 = j.member_id.to_string();
+    // A second member's join puts the group in PreparingRebalance until m1 rejoins.
+    let mut c2 = Client::connect(addr);
+    let first = c2.call(9, &join_req(9, group, "", None, SESSION_MS, &range(&meta)));
+    let m2 = first.member_id.to_string();
+    let join2 = c2.send(9, &join_req(9, group, &m2, None, SESSION_MS, &range(&meta)));
+    assert_eq!(
+        poll_while(Duration::from_secs(5), "Stable".to_owned(), || state_of(
+            addr, group
+        )),
+        "PreparingRebalance"
+    );
+    // (what, acceptable codes, got)
+    let mut results = vec![(
+        "Heartbeat v4 of generation 0 during PreparingRebalance",
+        vec![ILLEGAL_GENERATION],
+        heartbeat(&mut c1, 4, group, 0, &m1),
+    )];
+    let j1 = c1.call(9, &join_req(9, group, &m1, None, SESSION_MS, &range(&meta)));
+    let j2 = c2.recv::<JoinGroupRequest>(9, join2);
+    assert_eq!((j1.generation_id, j2.generation_id), (2, 2));
+    assert_eq!(state_of(addr, group), "CompletingRebalance");
+    results.extend([
+        (
+            "OffsetCommit v9 of generation 1 during CompletingRebalance",
+            vec![ILLEGAL_GENERATION],
+            commit_one(&mut c1, group, 1, &m1, group, 1, "stale"),
+        ),
+        (
+            "OffsetCommit v9 of an unknown member during CompletingRebalance",
+            vec![UNKNOWN_MEMBER_ID],
+            commit_one(&mut c1, group, 2, "proto-nobody", group, 1, "unknown"),
+        ),
+        (
+            "OffsetCommit v9 of the current generation during CompletingRebalance",
+            vec![REBALANCE_IN_PROGRESS],
+            commit_one(&mut c1, group, 2, &m1, group, 1, "current"),
+        ),
+        (
+            "OffsetCommit v9, generation -1, member id \"someone\", to a group nobody joined",
+            vec![0],
+            commit_one(
+                &mut c1,
+                "proto-precedence-simple",
+                -1,
+                "someone",
+                group,
+                1,
+                "simple",
+            ),
+        ),
+    ]);
+    for (v, codes) in [
+        (8, vec![ILLEGAL_GENERATION]),
+        (9, vec![ILLEGAL_GENERATION, GROUP_ID_NOT_FOUND]),
+    ] {
+        let name = format!("proto-precedence-missing-v{v}");
+        let req = commit_req(v, &name, 3, "proto-nobody", None, group, &[(0, 1, "x")], 0);
+        let got = commit_codes(&c1.call(v, &req))[0].2;
+        let what = if v == 8 {
+            "OffsetCommit v8 of generation 3 to a group that does not exist"
+        } else {
+            "OffsetCommit v9 of generation 3 to a group that does not exist"
+        };
+        results.push((what, codes, got));
+    }
+    let listed = c1.call(4, &ListGroupsRequest::default());
+    let phantoms = listed
+        .groups
+        .iter()
+        .filter(|g| g.group_id.starts_with("proto-precedence-missing"))
+        .count();
+    results.push((
+        "groups listed after refused commits to groups that do not exist",
+        vec![0],
+        phantoms as i16,
+    ));
+    let wrong: Vec<_> = results
+        .iter()
+        .filter(|(_, want, got)| !want.contains(got))
+        .map(|(what, want, got)| format!("  {what}: expected {want:?}, got {got}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "deviations from Kafka:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn a_static_member_rejoins_without_a_rebalance_and_fences_its_old_id() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-static";
+    let instance = "proto-static-instance";
+    let meta = Bytes::from_static(b"static");
+    let assignment = Bytes::from_static(b"static-assignment");
+    let mut c1 = Client::connect(addr);
+    // Static members skip MEMBER_ID_REQUIRED.
+    let j = c1.call(
+        9,
+        &join_req(9, group, "", Some(instance), SESSION_MS, &range(&meta)),
+    );
+    assert_eq!((j.error_code, j.generation_id), (0, 1), "static first join");
+    let old = j.member_id.to_string();
+    assert!(!old.is_empty());
+    let members: Vec<_> = j
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.group_instance_id.as_deref().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(members, vec![(old.clone(), Some(instance.to_owned()))]);
+    let s = c1.call(
+        5,
+        &sync_req(
+            5,
+            group,
+            1,
+            &old,
+            Some(instance),
+            &[(&old, assignment.clone())],
+        ),
+    );
+    assert_eq!((s.error_code, s.assignment), (0, assignment.clone()));
+    let hb = c1.call(4, &heartbeat_req(4, group, 1, &old, Some(instance)));
+    assert_eq!(hb.error_code, 0);
+    assert_eq!(
+        commit_one(&mut c1, group, 1, &old, MAIN_STATIC, 1, "old"),
+        UNKNOWN_TOPIC_OR_PARTITION
+    );
+    create_topic(addr, MAIN_STATIC, 1, &[]);
+
+    // The instance restarts: an empty member id, the same instance id and metadata.
+    let mut c2 = Client::connect(addr);
+    let again = c2.call(
+        9,
+        &join_req(9, group, "", Some(instance), SESSION_MS, &range(&meta)),
+    );
+    assert_eq!(again.error_code, 0, "static rejoin");
+    let new = again.member_id.to_string();
+    assert!(!new.is_empty());
+    assert_ne!(new, old, "a new member id");
+    assert_eq!(again.generation_id, 1, "the same generation: no rebalance");
+    let d = describe_group(addr, group);
+    assert_eq!(d.group_state.as_str(), "Stable");
+    let members: Vec<_> = d
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.group_instance_id.as_deref().map(str::to_owned),
+                m.member_assignment.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        vec![(new.clone(), Some(instance.to_owned()), assignment.clone())],
+        "the instance keeps its assignment under its new id"
+    );
+    let hb = c2.call(4, &heartbeat_req(4, group, 1, &new, Some(instance)));
+    assert_eq!(hb.error_code, 0, "heartbeat with the new id");
+    let s = c2.call(5, &sync_req(5, group, 1, &new, Some(instance), &[]));
+    assert_eq!((s.error_code, s.assignment), (0, assignment.clone()));
+    assert_eq!(
+        commit_one(&mut c2, group, 1, &new, MAIN_STATIC, 5, "new"),
+        0
+    );
+
+    // The old id is fenced everywhere.
+    let fenced = [UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID];
+    let hb = c1.call(4, &heartbeat_req(4, group, 1, &old, Some(instance)));
+    assert!(
+        fenced.contains(&hb.error_code),
+        "Heartbeat v4 of the old id: {}",
+        hb.error_code
+    );
+    let hb = c1.call(2, &heartbeat_req(2, group, 1, &old, None));
+    assert_eq!(
+        hb.error_code, UNKNOWN_MEMBER_ID,
+        "Heartbeat v2 of the old id"
+    );
+    let req = commit_req(
+        9,
+        group,
+        1,
+        &old,
+        Some(instance),
+        MAIN_STATIC,
+        &[(0, 9, "old")],
+        0,
+    );
+    let code = commit_codes(&c1.call(9, &req))[0].2;
+    assert!(fenced.contains(&code), "OffsetCommit of the old id: {code}");
+    let s = c1.call(5, &sync_req(5, group, 1, &old, Some(instance), &[]));
+    assert!(
+        fenced.contains(&s.error_code),
+        "SyncGroup of the old id: {}",
+        s.error_code
+    );
+    let j = c1.call(
+        9,
+        &join_req(9, group, &old, Some(instance), SESSION_MS, &range(&meta)),
+    );
+    assert!(
+        fenced.contains(&j.error_code),
+        "JoinGroup of the old id: {}",
+        j.error_code
+    );
+    assert_eq!(fetched_offset(&mut c2, group, MAIN_STATIC, 0), 5);
+    assert_eq!(state_of(addr, group), "Stable");
+
+    // A static member leaves by its instance id alone.
+    let left = c2.call(4, &leave_req(4, group, &[("", Some(instance))]));
+    assert_eq!(
+        (left.error_code, left.members[0].error_code),
+        (0, 0),
+        "leave by instance id"
+    );
+    assert_eq!(state_of(addr, group), "Empty");
+}
+
+const MAIN_STATIC: &str = "proto-static";
+
+/// KIP-814 (JoinGroup v9): a static leader that rejoins a Stable group unchanged gets the member
+/// list with skip_assignment=true. Before v9 Kafka answers with no members and the old leader id,
+/// so that the rejoined leader does not compute an assignment the Stable group never hands out
+/// (GroupCoordinatorTest.staticMemberRejoinWithLeaderIdAndUnknownMemberId).
+#[test]
+fn a_rejoining_static_leader_is_not_asked_to_assign() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let meta = Bytes::from_static(b"static");
+    let mut wrong = Vec::new();
+    for v in [5, 9] {
+        let group = format!("proto-static-leader-v{v}");
+        let instance = format!("proto-static-leader-v{v}-instance");
+        let mut c = Client::connect(addr);
+        let j = stable_group(
+            &mut c,
+            &group,
+            Some(&instance),
+            &meta,
+            &Bytes::from_static(b"a"),
+        );
+        let old = j.member_id.to_string();
+        let again = c.call(
+            v,
+            &join_req(v, &group, "", Some(&instance), SESSION_MS, &range(&meta)),
+        );
+        assert_eq!((again.error_code, again.generation_id), (0, 1), "v{v}");
+        let new = again.member_id.to_string();
+        assert_ne!(new, old, "v{v}");
+        let members: Vec<_> = again
+            .members
+            .iter()
+            .map(|m| m.member_id.to_string())
+            .collect();
+        let (want_leader, want_members, want_skip) = if v >= 9 {
+            (new.clone(), vec![new.clone()], true)
+        } else {
+            (old.clone(), vec![], false)
+        };
+        let got = (again.leader.to_string(), members, again.skip_assignment);
+        if got != (want_leader.clone(), want_members.clone(), want_skip) {
+            wrong.push(format!(
+                "  JoinGroup v{v} (old id {old}, new id {new}): expected (leader, members, \
+                 skip_assignment) = {:?}, got {got:?}",
+                (want_leader, want_members, want_skip)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "static leader rejoins:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// KIP-345: a rebalance removes the dynamic members that did not rejoin in time, but a static
+/// member stays (with its assignment in the leader's member list) until its session times out
+/// (GroupCoordinator.onCompleteJoin: `notYetRejoinedMembers.filterNot(_.isStaticMember)`).
+#[test]
+fn a_static_member_that_misses_a_rebalance_stays_in_the_group() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-static-absent";
+    let meta = Bytes::from_static(b"s");
+    // Every member allows 1 s for a rebalance, so one that does not rejoin is waited for 1 s.
+    let join = |v: i16, member: &str, instance: Option<&str>| {
+        let mut req = join_req(v, group, member, instance, SESSION_MS, &range(&meta));
+        req.rebalance_timeout_ms = 1_000;
+        req
+    };
+    let (mut ca, mut cb, mut cc) = (
+        Client::connect(addr),
+        Client::connect(addr),
+        Client::connect(addr),
+    );
+    let ja = ca.call(9, &join(9, "", Some("proto-a")));
+    assert_eq!((ja.error_code, ja.generation_id), (0, 1));
+    let a = ja.member_id.to_string();
+    let sa = ca.call(5, &sync_req(5, group, 1, &a, Some("proto-a"), &[]));
+    assert_eq!(sa.error_code, 0);
+    // Static B joins: generation 2 with A and B.
+    let jb = cb.send(9, &join(9, "", Some("proto-b")));
+    assert_eq!(
+        poll_while(Duration::from_secs(5), 0, || heartbeat(
+            &mut ca, 4, group, 1, &a
+        )),
+        REBALANCE_IN_PROGRESS
+    );
+    let ja = ca.call(9, &join(9, &a, Some("proto-a")));
+    let jb: JoinGroupResponse = cb.recv::<JoinGroupRequest>(9, jb);
+    assert_eq!((ja.generation_id, jb.generation_id), (2, 2));
+    let b = jb.member_id.to_string();
+    let assignments = [
+        (a.as_str(), Bytes::from_static(b"A")),
+        (b.as_str(), Bytes::from_static(b"B")),
+    ];
+    let sa = ca.call(5, &sync_req(5, group, 2, &a, Some("proto-a"), &assignments));
+    let sb_ = cb.call(5, &sync_req(5, group, 2, &b, Some("proto-b"), &[]));
+    assert_eq!((sa.error_code, sb_.error_code), (0, 0));
+    assert_eq!(sb_.assignment, Bytes::from_static(b"B"));
+
+    // Dynamic C joins while B is away (it does not rejoin): A rejoins, B is waited for 1 s.
+    let first = cc.call(9, &join(9, "", None));
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let c = first.member_id.to_string();
+    let jc = cc.send(9, &join(9, &c, None));
+    assert_eq!(
+        poll_while(Duration::from_secs(5), 0, || heartbeat(
+            &mut ca, 4, group, 2, &a
+        )),
+        REBALANCE_IN_PROGRESS
+    );
+    let ja = ca.call(9, &join(9, &a, Some("proto-a")));
+    let jc: JoinGroupResponse = cc.recv::<JoinGroupRequest>(9, jc);
+    assert_eq!((ja.error_code, jc.error_code), (0, 0));
+    assert_eq!((ja.generation_id, jc.generation_id), (3, 3));
+    let mut members: Vec<_> = ja.members.iter().map(|m| m.member_id.to_string()).collect();
+    members.sort();
+    let mut want = vec![a.clone(), b.clone(), c.clone()];
+    want.sort();
+    assert_eq!(
+        members, want,
+        "the static member B is still in generation 3"
+    );
+    let described = describe_group(addr, group).members.len();
+    assert_eq!(described, 3, "members described");
+}
+
+#[test]
+fn a_silent_member_is_removed_after_its_session_timeout() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let (silent, alive) = ("proto-session-silent", "proto-session-alive");
+    let mut c = Client::connect(addr);
+    let meta = Bytes::from_static(b"s");
+    let j = join_new(&mut c, 9, silent, None, MIN_SESSION_MS, &meta);
+    assert_eq!(j.error_code, 0);
+    let m = j.member_id.to_string();
+    let k = join_new(&mut c, 9, alive, None, MIN_SESSION_MS, &meta);
+    assert_eq!(k.error_code, 0);
+    let n = k.member_id.to_string();
+    let synced = Instant::now();
+    for (group, id, generation) in [(silent, &m, j.generation_id), (alive, &n, k.generation_id)] {
+        let s = c.call(
+            5,
+            &sync_req(5, group, generation, id, None, &[(id, Bytes::new())]),
+        );
+        assert_eq!(s.error_code, 0);
+    }
+    // One member goes quiet; the other heartbeats every second.
+    let mut last_beat = Instant::now();
+    let state = poll_while(Duration::from_millis(9_000), "Stable".to_owned(), || {
+        if last_beat.elapsed() >= Duration::from_secs(1) {
+            assert_eq!(heartbeat(&mut c, 4, alive, k.generation_id, &n), 0);
+            last_beat = Instant::now();
+        }
+        state_of(addr, silent)
+    });
+    let gone = synced.elapsed();
+    assert_eq!(state, "Empty", "after {gone:?}");
+    assert!(
+        gone >= Duration::from_millis(MIN_SESSION_MS as u64 - 100),
+        "removed after {gone:?}, before its session timeout"
+    );
+    assert!(describe_group(addr, silent).members.is_empty());
+    assert_eq!(
+        heartbeat(&mut c, 4, silent, j.generation_id, &m),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        state_of(addr, alive),
+        "Stable",
+        "the member that heartbeats stays"
+    );
+    assert_eq!(heartbeat(&mut c, 4, alive, k.generation_id, &n), 0);
+}
+
+/// Kafka forgets a member id handed out with MEMBER_ID_REQUIRED when that member does not join
+/// within its session timeout (GroupCoordinator.addPendingMemberExpiration), so a client that
+/// dies between the two JoinGroups cannot hold up later rebalances.
+#[test]
+fn an_abandoned_member_id_does_not_hold_up_later_rebalances() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-pending";
+    let meta = Bytes::from_static(b"p");
+    let mut c1 = Client::connect(addr);
+    let j = stable_group(&mut c1, group, None, &meta, &Bytes::new());
+    let m1 = j.member_id.to_string();
+    let mut c2 = Client::connect(addr);
+    let first = c2.call(
+        9,
+        &join_req(9, group, "", None, MIN_SESSION_MS, &range(&meta)),
+    );
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    drop(c2);
+    let deadline = Instant::now() + Duration::from_millis(MIN_SESSION_MS as u64 + 700);
+    while Instant::now() < deadline {
+        assert_eq!(heartbeat(&mut c1, 4, group, 1, &m1), 0);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The leader rejoins (a rebalance); nobody else is coming.
+    c1.stream
+        .set_read_timeout(Some(Duration::from_millis(REBALANCE_MS as u64 + 5_000)))
+        .expect("read timeout");
+    let start = Instant::now();
+    let j = c1.call(9, &join_req(9, group, &m1, None, SESSION_MS, &range(&meta)));
+    let took = start.elapsed();
+    assert_eq!((j.error_code, j.generation_id), (0, 2));
+    assert!(
+        took < Duration::from_secs(2),
+        "the rebalance took {took:?}: it waited for the abandoned member id"
+    );
+}
+
+#[test]
+fn committed_offsets_survive_restarts() {
+    let mut strom = group_broker();
+    let addr = strom.addr();
+    let topic = "proto-durable";
+    create_topic(addr, topic, 3, &[]);
+    let (members, simple, deleted) = (
+        "proto-durable-members",
+        "proto-durable-simple",
+        "proto-durable-deleted",
+    );
+    let mut c = Client::connect(addr);
+    let j = stable_group(
+        &mut c,
+        members,
+        None,
+        &Bytes::from_static(b"d"),
+        &Bytes::new(),
+    );
+    let id = j.member_id.to_string();
+    let req = commit_req(
+        9,
+        members,
+        1,
+        &id,
+        None,
+        topic,
+        &[(0, 10, "m0"), (1, 11, "m1")],
+        4,
+    );
+    assert_eq!(
+        commit_codes(&c.call(9, &req)),
+        vec![(topic.to_owned(), 0, 0), (topic.to_owned(), 1, 0)]
+    );
+    // The latest commit of a partition wins when the offsets topic is read back.
+    for (offset, metadata) in [(42, "first"), (43, "second")] {
+        let req = commit_req(9, simple, -1, "", None, topic, &[(2, offset, metadata)], 6);
+        assert_eq!(
+            commit_codes(&c.call(9, &req)),
+            vec![(topic.to_owned(), 2, 0)]
+        );
+    }
+    assert_eq!(commit_one(&mut c, deleted, -1, "", topic, 7, "gone"), 0);
+    let resp = c.call(
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![gid(deleted)]),
+    );
+    assert_eq!(resp.results[0].error_code, 0, "delete {deleted}");
+
+    // `also`: further committed offsets of `simple`.
+    let check = |addr: SocketAddr, also: &[Fetched], when: &str| {
+        let mut c = Client::connect(addr);
+        assert_eq!(
+            fetched(&mut c, 9, members, None),
+            vec![
+                committed_entry(topic, 0, 10, 4, "m0"),
+                committed_entry(topic, 1, 11, 4, "m1"),
+            ],
+            "{members} {when}"
+        );
+        let mut want = vec![committed_entry(topic, 2, 43, 6, "second")];
+        want.extend_from_slice(also);
+        want.sort();
+        assert_eq!(fetched(&mut c, 5, simple, None), want, "{simple} {when}");
+        assert_eq!(
+            fetched(&mut c, 9, deleted, None),
+            vec![],
+            "{deleted} {when}"
+        );
+    };
+    check(addr, &[], "before the restart");
+    assert!(strom.terminate().success(), "clean shutdown");
+    strom.restart();
+    check(addr, &[], "after a clean restart");
+
+    // A commit after the restart, then a crash.
+    let mut c = Client::connect(addr);
+    let req = commit_req(9, simple, -1, "", None, topic, &[(0, 12, "after")], 7);
+    assert_eq!(
+        commit_codes(&c.call(9, &req)),
+        vec![(topic.to_owned(), 0, 0)]
+    );
+    strom.kill9();
+    strom.restart();
+    check(
+        addr,
+        &[committed_entry(topic, 0, 12, 7, "after")],
+        "after SIGKILL",
+    );
+}
+
+#[test]
+fn simple_commits_need_a_group_without_members() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let group = "proto-simple";
+    create_topic(addr, group, 1, &[]);
+    let mut c = Client::connect(addr);
+    // A group nobody has joined.
+    for (v, offset) in [(2, 1), (5, 2), (9, 3)] {
+        let req = commit_req(v, group, -1, "", None, group, &[(0, offset, "simple")], 0);
+        assert_eq!(
+            commit_codes(&c.call(v, &req)),
+            vec![(group.to_owned(), 0, 0)],
+            "simple commit v{v}"
+        );
+    }
+    assert_eq!(fetched_offset(&mut c, group, group, 0), 3);
+    let listed = c.call(4, &ListGroupsRequest::default());
+    let ours: Vec<_> = listed
+        .groups
+        .iter()
+        .filter(|g| g.group_id.as_str() == group)
+        .map(|g| (g.protocol_type.to_string(), g.group_state.to_string()))
+        .collect();
+    assert_eq!(ours, vec![(String::new(), "Empty".to_owned())], "listed");
+
+    // Once the group has a member, a commit must come from a member of the current generation.
+    let j = stable_group(
+        &mut c,
+        group,
+        None,
+        &Bytes::from_static(b"s"),
+        &Bytes::new(),
+    );
+    let id = j.member_id.to_string();
+    for v in [2, 9] {
+        let req = commit_req(v, group, -1, "", None, group, &[(0, 100, "simple")], 0);
+        assert_eq!(
+            commit_codes(&c.call(v, &req)),
+            vec![(group.to_owned(), 0, UNKNOWN_MEMBER_ID)],
+            "simple commit v{v} to a Stable group"
+        );
+    }
+    assert_eq!(fetched_offset(&mut c, group, group, 0), 3);
+    assert_eq!(
+        commit_one(&mut c, group, j.generation_id, &id, group, 4, "member"),
+        0
+    );
+
+    // When the last member has left, simple commits work again.
+    let left = c.call(5, &leave_req(5, group, &[(&id, None)]));
+    assert_eq!(left.members[0].error_code, 0);
+    assert_eq!(state_of(addr, group), "Empty");
+    assert_eq!(
+        commit_one(&mut c, group, -1, "", group, 5, "simple again"),
+        0
+    );
+    assert_eq!(fetched_offset(&mut c, group, group, 0), 5);
+}
+
+#[test]
+fn delete_groups_deletes_only_empty_groups() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let (busy, empty, never) = ("proto-del-busy", "proto-del-empty", "proto-del-never");
+    create_topic(addr, busy, 1, &[]);
+    let mut c = Client::connect(addr);
+    let j = stable_group(&mut c, busy, None, &Bytes::from_static(b"b"), &Bytes::new());
+    assert_eq!(
+        commit_one(&mut c, busy, 1, j.member_id.as_str(), busy, 8, "busy"),
+        0
+    );
+    assert_eq!(commit_one(&mut c, empty, -1, "", busy, 9, "empty"), 0);
+    let resp = c.call(
+        2,
+        &DeleteGroupsRequest::default().with_groups_names(vec![gid(busy), gid(never), gid(empty)]),
+    );
+    let got: Vec<_> = resp
+        .results
+        .iter()
+        .map(|r| (r.group_id.to_string(), r.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (busy.to_owned(), NON_EMPTY_GROUP),
+            (never.to_owned(), GROUP_ID_NOT_FOUND),
+            (empty.to_owned(), 0)
+        ]
+    );
+    assert_eq!(state_of(addr, busy), "Stable");
+    assert_eq!(fetched_offset(&mut c, busy, busy, 0), 8);
+    assert_eq!(fetched_offset(&mut c, empty, busy, 0), -1);
+    assert_eq!(state_of(addr, empty), "Dead");
+    let listed = c.call(4, &ListGroupsRequest::default());
+    let names: Vec<_> = listed
+        .groups
+        .iter()
+        .map(|g| g.group_id.to_string())
+        .collect();
+    assert_eq!(names, vec![busy.to_owned()], "listed groups");
+    // The name can be used again.
+    assert_eq!(commit_one(&mut c, empty, -1, "", busy, 10, "again"), 0);
+    assert_eq!(fetched_offset(&mut c, empty, busy, 0), 10);
+}
+
+#[test]
+fn join_group_rejects_bad_requests() {
+    let strom = group_broker();
+    let addr = strom.addr();
+    let mut c = Client::connect(addr);
+    let meta = Bytes::from_static(b"x");
+    for v in [0, 4, 9] {
+        for session in [MIN_SESSION_MS - 1, 1_800_001] {
+            let j = c.call(
+                v,
+                &join_req(v, "proto-bad", "", None, session, &range(&meta)),
+            );
+            assert_eq!(
+                j.error_code, INVALID_SESSION_TIMEOUT,
+                "v{v}, session timeout {session}"
+            );
+        }
+        let j = c.call(v, &join_req(v, "", "", None, SESSION_MS, &range(&meta)));
+        assert_eq!(j.error_code, INVALID_GROUP_ID, "v{v}, empty group id");
+        let j = c.call(v, &join_req(v, "proto-bad-none", "", None, SESSION_MS, &[]));
+        assert_eq!(
+            j.error_code, INCONSISTENT_GROUP_PROTOCOL,
+            "v{v}, no protocols"
+        );
+    }
+    // Against a group of consumers speaking "range": another protocol type, another protocol.
+    let group = "proto-bad-mix";
+    stable_group(&mut c, group, None, &meta, &Bytes::new());
+    let mut other_type = join_req(9, group, "", None, SESSION_MS, &range(&meta));
+    other_type.protocol_type = sb("connect");
+    assert_eq!(
+        c.call(9, &other_type).error_code,
+        INCONSISTENT_GROUP_PROTOCOL
+    );
+    let sticky = join_req(9, group, "", None, SESSION_MS, &[("sticky", meta.clone())]);
+    assert_eq!(c.call(9, &sticky).error_code, INCONSISTENT_GROUP_PROTOCOL);
+    assert_eq!(state_of(addr, group), "Stable");
 }

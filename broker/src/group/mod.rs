@@ -53,6 +53,8 @@ pub struct JoinResult {
     pub member_id: String,
     /// (member id, group instance id, metadata) — only for the leader.
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// KIP-814: the (static) leader rejoined a stable group and must not assign again.
+    pub skip_assignment: bool,
 }
 
 /// What a SyncGroup caller eventually receives.
@@ -78,6 +80,8 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Bytes)>,
     /// v4+: a first join without a member id gets MEMBER_ID_REQUIRED (KIP-394).
     pub require_known_member_id: bool,
+    /// v9+: the response can tell a rejoining static leader to skip assignment (KIP-814).
+    pub supports_skip_assignment: bool,
 }
 
 struct Member {
@@ -111,7 +115,7 @@ struct Group {
     leader: Option<String>,
     members: BTreeMap<String, Member>,
     /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
-    pending: HashSet<String>,
+    pending: HashMap<String, Instant>,
     rebalance_deadline: Option<Instant>,
     /// The running join phase started from Empty: it waits out the initial delay even when
     /// every known member has joined, so that more consumers can arrive.
@@ -128,7 +132,7 @@ impl Group {
             protocol_name: None,
             leader: None,
             members: BTreeMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             rebalance_deadline: None,
             initial_delay: false,
             offsets: HashMap::new(),
@@ -211,6 +215,7 @@ impl Group {
             leader,
             member_id: member_id.to_owned(),
             members,
+            skip_assignment: false,
         }
     }
 }
@@ -310,12 +315,22 @@ impl Coordinator {
                             ..Default::default()
                         });
                     }
-                    if g.leader.as_deref() == Some(old_id.as_str()) {
+                    let was_leader = g.leader.as_deref() == Some(old_id.as_str());
+                    if was_leader {
                         g.leader = Some(new_id.clone());
                     }
                     g.members.insert(new_id.clone(), m);
                     if g.state == State::Stable && unchanged {
-                        let _ = tx.send(g.join_result_for(&new_id));
+                        let mut result = g.join_result_for(&new_id);
+                        if was_leader && req.supports_skip_assignment {
+                            result.skip_assignment = true;
+                        } else if was_leader {
+                            // Older clients cannot be told to skip: answer as to a follower, so
+                            // the current assignment stays in force.
+                            result.leader = old_id.clone();
+                            result.members.clear();
+                        }
+                        let _ = tx.send(result);
                         return rx;
                     }
                     member_id = new_id;
@@ -326,22 +341,22 @@ impl Coordinator {
                     return rx;
                 }
             }
-            let new_id = format!(
-                "{}-{}",
-                if req.client_id.is_empty() {
-                    "member"
-                } else {
-                    req.client_id.as_str()
-                },
-                uuid::Uuid::new_v4()
-            );
+            // Kafka names members after their static instance id, else their client id.
+            let prefix = match (&req.instance_id, req.client_id.as_str()) {
+                (Some(instance), _) => instance.as_str(),
+                (None, "") => "member",
+                (None, client) => client,
+            };
+            let new_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
             if req.require_known_member_id && req.instance_id.is_none() {
-                g.pending.insert(new_id.clone());
+                // Kafka forgets an id handed out this way after the session timeout.
+                let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
+                g.pending.insert(new_id.clone(), now + session);
                 fail(tx, ResponseError::MemberIdRequired, new_id);
                 return rx;
             }
             member_id = new_id;
-        } else if !g.members.contains_key(&member_id) && !g.pending.remove(&member_id) {
+        } else if !g.members.contains_key(&member_id) && g.pending.remove(&member_id).is_none() {
             fail(tx, ResponseError::UnknownMemberId, member_id);
             return rx;
         }
@@ -440,7 +455,9 @@ impl Coordinator {
         if !(deadline_passed || (all_joined && !initial_delay_running)) {
             return;
         }
-        g.members.retain(|_, m| m.join_waiter.is_some());
+        // Static members keep their place until their session times out (KIP-345).
+        g.members
+            .retain(|_, m| m.join_waiter.is_some() || m.instance_id.is_some());
         g.pending.clear();
         g.generation += 1;
         g.rebalance_deadline = None;
@@ -459,11 +476,11 @@ impl Coordinator {
         let ids: Vec<String> = g.members.keys().cloned().collect();
         for id in ids {
             let result = g.join_result_for(&id);
-            if let Some(w) = g.members.get_mut(&id).and_then(|m| m.join_waiter.take()) {
-                let _ = w.send(result);
-            }
             if let Some(m) = g.members.get_mut(&id) {
-                m.last_heartbeat = now;
+                if let Some(w) = m.join_waiter.take() {
+                    let _ = w.send(result);
+                    m.last_heartbeat = now;
+                }
             }
         }
     }
@@ -474,17 +491,32 @@ impl Coordinator {
         instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), ResponseError> {
+        Self::validate_member(g, member_id, instance_id)?;
+        if generation != g.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// The member exists and, if it names a static instance, is that instance's current id.
+    fn validate_member(
+        g: &Group,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<(), ResponseError> {
+        if let Some(instance) = instance_id {
+            if let Some(current) = g.static_member(instance) {
+                if current != member_id {
+                    return Err(ResponseError::FencedInstanceId);
+                }
+            }
+        }
         let m = g
             .members
             .get(member_id)
             .ok_or(ResponseError::UnknownMemberId)?;
-        if let Some(instance) = instance_id {
-            if m.instance_id.as_deref() != Some(instance) {
-                return Err(ResponseError::FencedInstanceId);
-            }
-        }
-        if generation != g.generation {
-            return Err(ResponseError::IllegalGeneration);
+        if instance_id.is_some() && m.instance_id.as_deref() != instance_id {
+            return Err(ResponseError::FencedInstanceId);
         }
         Ok(())
     }
@@ -581,19 +613,13 @@ impl Coordinator {
         if g.state == State::Dead {
             return Err(ResponseError::CoordinatorNotAvailable);
         }
-        let m = g
-            .members
-            .get_mut(member_id)
-            .ok_or(ResponseError::UnknownMemberId)?;
-        if let Some(instance) = instance_id {
-            if m.instance_id.as_deref() != Some(instance) {
-                return Err(ResponseError::FencedInstanceId);
-            }
+        // Kafka's order: membership, then generation, then the group's state.
+        Self::check_member(g, member_id, instance_id, generation)?;
+        if let Some(m) = g.members.get_mut(member_id) {
+            m.last_heartbeat = Instant::now();
         }
-        m.last_heartbeat = Instant::now();
         match g.state {
             State::PreparingRebalance => Err(ResponseError::RebalanceInProgress),
-            _ if generation != g.generation => Err(ResponseError::IllegalGeneration),
             _ => Ok(()),
         }
     }
@@ -662,6 +688,7 @@ impl Coordinator {
                 })
                 .map(|m| m.id.clone())
                 .collect();
+            g.pending.retain(|_, deadline| now < *deadline);
             for member in expired {
                 tracing::info!(group = %id, %member, "member session expired");
                 g.members.remove(&member);
@@ -678,25 +705,49 @@ impl Coordinator {
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
+        version: i16,
     ) -> Result<(), ResponseError> {
         if group_id.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
         let mut groups = self.groups.lock();
-        let g = groups.entry(group_id.to_owned()).or_insert_with(Group::new);
-        match g.state {
-            State::Dead => Err(ResponseError::CoordinatorNotAvailable),
-            // Simple (non-member) commits, as from consumers that use assign().
-            State::Empty if generation < 0 && member_id.is_empty() => Ok(()),
-            State::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
-            _ => Self::check_member(g, member_id, instance_id, generation),
+        let Some(g) = groups.get(group_id) else {
+            if generation < 0 {
+                // A simple commit creates the (empty) group, as in Kafka.
+                groups.insert(group_id.to_owned(), Group::new());
+                return Ok(());
+            }
+            return Err(if version >= 9 {
+                ResponseError::GroupIdNotFound
+            } else {
+                ResponseError::IllegalGeneration
+            });
+        };
+        // Kafka's validateOffsetCommit, in its order.
+        if g.state == State::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
         }
+        if generation < 0 && g.state == State::Empty {
+            return Ok(());
+        }
+        if generation >= 0 || !member_id.is_empty() || instance_id.is_some() {
+            Self::check_member(g, member_id, instance_id, generation)?;
+        } else if g.state != State::Empty {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if g.state == State::CompletingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
     }
 
     /// Records offsets that are now durable.
     pub fn apply_commits(&self, group_id: &str, records: &[((String, i32), Option<Committed>)]) {
         let mut groups = self.groups.lock();
-        let g = groups.entry(group_id.to_owned()).or_insert_with(Group::new);
+        // The group exists: check_commit created it for a simple commit, or it has members.
+        let Some(g) = groups.get_mut(group_id) else {
+            return;
+        };
         for (key, value) in records {
             match value {
                 Some(c) => {
@@ -888,6 +939,7 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
             require_known_member_id: true,
+            supports_skip_assignment: false,
         }
     }
 
@@ -944,9 +996,13 @@ mod tests {
             c.heartbeat("g", &b, None, 1),
             Err(ResponseError::IllegalGeneration)
         );
-        // Kafka answers commits during CompletingRebalance with REBALANCE_IN_PROGRESS first.
+        // Kafka checks membership and generation first, then the rebalance in progress.
         assert_eq!(
-            c.check_commit("g", "nobody", None, 2),
+            c.check_commit("g", "nobody", None, 2, 8),
+            Err(ResponseError::UnknownMemberId)
+        );
+        assert_eq!(
+            c.check_commit("g", &b, None, 2, 8),
             Err(ResponseError::RebalanceInProgress)
         );
         // The follower's SyncGroup waits for the leader's.
@@ -962,28 +1018,32 @@ mod tests {
         ));
         assert_eq!(now_or_fail(follower).assignment, Bytes::from_static(b"p1"));
         assert_eq!(
-            c.check_commit("g", "nobody", None, 2),
+            c.check_commit("g", "nobody", None, 2, 8),
             Err(ResponseError::UnknownMemberId)
         );
         assert_eq!(
-            c.check_commit("g", &b, None, 1),
+            c.check_commit("g", &b, None, 1, 8),
             Err(ResponseError::IllegalGeneration)
         );
-        assert_eq!(c.check_commit("g", &b, None, 2), Ok(()));
-        assert_eq!(
-            c.check_commit("g", "nobody", None, 2),
-            Err(ResponseError::UnknownMemberId)
-        );
-        assert_eq!(
-            c.check_commit("g", &b, None, 1),
-            Err(ResponseError::IllegalGeneration)
-        );
-        assert_eq!(c.check_commit("g", &b, None, 2), Ok(()));
+        assert_eq!(c.check_commit("g", &b, None, 2, 8), Ok(()));
         // Leaving empties the group after the rebalance completes.
         assert_eq!(c.leave("g", &a, None), Ok(()));
         assert_eq!(c.leave("g", &b, None), Ok(()));
         assert_eq!(c.describe("g").map(|d| d.state), Some(State::Empty));
-        assert_eq!(c.check_commit("g", "", None, -1), Ok(()));
+        assert_eq!(c.check_commit("g", "", None, -1, 8), Ok(()));
+        assert_eq!(c.check_commit("g", "anyone", None, -1, 8), Ok(()));
+        assert_eq!(
+            c.check_commit("missing", "m", None, 3, 8),
+            Err(ResponseError::IllegalGeneration)
+        );
+        assert_eq!(
+            c.check_commit("missing", "m", None, 3, 9),
+            Err(ResponseError::GroupIdNotFound)
+        );
+        assert!(
+            c.describe("missing").is_none(),
+            "a refused commit creates no group"
+        );
     }
 
     #[test]
@@ -996,8 +1056,13 @@ mod tests {
         let again = now_or_fail(c.join(join_req("", Some("i-1"))));
         assert_eq!(again.generation, 1, "no new generation");
         assert_ne!(again.member_id, first.member_id);
+        // The old id of a static instance is fenced.
         assert_eq!(
             c.heartbeat("g", &first.member_id, Some("i-1"), 1),
+            Err(ResponseError::FencedInstanceId)
+        );
+        assert_eq!(
+            c.heartbeat("g", &first.member_id, None, 1),
             Err(ResponseError::UnknownMemberId)
         );
         assert_eq!(c.heartbeat("g", &again.member_id, Some("i-1"), 1), Ok(()));

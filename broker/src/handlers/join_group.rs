@@ -40,6 +40,7 @@ pub fn handle(
             .map(|p| (p.name.as_str().to_owned(), p.metadata))
             .collect(),
         require_known_member_id: version >= 4,
+        supports_skip_assignment: version >= 9,
     };
     let rx = ctx.broker.groups.join(join);
     async move {
@@ -72,6 +73,9 @@ pub fn handle(
         resp.protocol_name = Some(s(r.protocol_name.unwrap_or_default()));
         if version >= 7 {
             resp.protocol_type = r.protocol_type.map(s);
+        }
+        if version >= 9 {
+            resp.skip_assignment = r.skip_assignment;
         }
         resp
     }

@@ -33,6 +33,7 @@ pub fn handle(
         req.member_id.as_str(),
         req.group_instance_id.as_ref().map(|i| i.as_str()),
         req.generation_id_or_member_epoch,
+        ctx.version,
     );
     let now = commit_timestamp();
     // Per partition: Ok(record to write) or the error to report.

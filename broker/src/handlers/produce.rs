@@ -120,6 +120,10 @@ pub fn handle(
                     if !valid_acks {
                         return Err(ApiError::new(ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, got {acks}")));
                     }
+                    if topic.as_ref().is_some_and(|t| t.is_internal()) {
+                        // Only the broker writes its internal topics (committed offsets).
+                        return Err(ApiError::new(ResponseError::InvalidTopicException, "clients may not write to internal topics"));
+                    }
                     let partition = topic
                         .as_ref()
                         .and_then(|t| t.partition(index))
