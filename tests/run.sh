@@ -27,3 +27,6 @@ cargo test --workspace
 
 step "stock clients"
 bash tests/compat/run.sh target/debug/strom
+
+step "acceptance scenarios"
+bash tests/acceptance/run.sh target/debug/strom
