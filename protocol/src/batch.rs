@@ -167,13 +167,6 @@ impl BatchHeader {
 /// decompressed.
 pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(buf)?;
-    let total = header.total_len();
-    if buf.len() < total {
-        return Err(BatchError::Truncated {
-            needed: total,
-            available: buf.len(),
-        });
-    }
     header.codec()?;
     if header.records_count < 0
         || header.last_offset_delta < 0
@@ -184,14 +177,7 @@ pub fn validate(buf: &[u8]) -> Result<BatchHeader, BatchError> {
             last_offset_delta: header.last_offset_delta,
         });
     }
-    let actual = crc32c::crc32c(&buf[ATTRIBUTES..total]);
-    if actual != header.crc {
-        return Err(BatchError::CrcMismatch {
-            expected: header.crc,
-            actual,
-        });
-    }
-    Ok(header)
+    verify_stored(buf)
 }
 
 /// Checks only what a log reader needs to trust stored bytes: framing, magic and CRC.

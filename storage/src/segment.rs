@@ -70,6 +70,32 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A segment over opened files, with bookkeeping not yet derived from its batches.
+    fn assemble(
+        base: i64,
+        path: PathBuf,
+        file: File,
+        size: u64,
+        offset_index: OffsetIndex,
+        time_index: TimeIndex,
+        cfg: &LogConfig,
+    ) -> Self {
+        Self {
+            base_offset: base,
+            file: Arc::new(file),
+            size,
+            offset_index,
+            time_index,
+            path,
+            bytes_since_index: 0,
+            max_timestamp: -1,
+            offset_of_max_timestamp: base,
+            next_offset: base,
+            first_batch_timestamp: None,
+            index_interval: cfg.index_interval_bytes,
+        }
+    }
+
     pub fn create(dir: &Path, base: i64, cfg: &LogConfig) -> Result<Self, StorageError> {
         let path = log_path(dir, base);
         let file = OpenOptions::new()
@@ -78,30 +104,27 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .at(&path)?;
-        Ok(Self {
-            base_offset: base,
-            file: Arc::new(file),
-            size: 0,
-            offset_index: OffsetIndex::open(
-                &index_path(dir, base),
-                base,
-                cfg.segment_index_bytes,
-                Some(0),
-            )?,
-            time_index: TimeIndex::open(
-                &time_index_path(dir, base),
-                base,
-                cfg.segment_index_bytes,
-                Some(0),
-            )?,
+        let offset_index = OffsetIndex::open(
+            &index_path(dir, base),
+            base,
+            cfg.segment_index_bytes,
+            Some(0),
+        )?;
+        let time_index = TimeIndex::open(
+            &time_index_path(dir, base),
+            base,
+            cfg.segment_index_bytes,
+            Some(0),
+        )?;
+        Ok(Self::assemble(
+            base,
             path,
-            bytes_since_index: 0,
-            max_timestamp: -1,
-            offset_of_max_timestamp: base,
-            next_offset: base,
-            first_batch_timestamp: None,
-            index_interval: cfg.index_interval_bytes,
-        })
+            file,
+            0,
+            offset_index,
+            time_index,
+            cfg,
+        ))
     }
 
     fn open_files(dir: &Path, base: i64) -> Result<(PathBuf, File, u64), StorageError> {
@@ -128,20 +151,7 @@ impl Segment {
             cfg.segment_index_bytes,
             None,
         )?;
-        let mut seg = Self {
-            base_offset: base,
-            file: Arc::new(file),
-            size,
-            offset_index,
-            time_index,
-            path,
-            bytes_since_index: 0,
-            max_timestamp: -1,
-            offset_of_max_timestamp: base,
-            next_offset: base,
-            first_batch_timestamp: None,
-            index_interval: cfg.index_interval_bytes,
-        };
+        let mut seg = Self::assemble(base, path, file, size, offset_index, time_index, cfg);
         if !seg.offset_index.is_sane(size) {
             tracing::warn!(segment = %seg.path.display(), "offset index failed its sanity check; rebuilding");
             return Self::recover(dir, base, cfg).map(|(s, _)| s);
@@ -197,20 +207,7 @@ impl Segment {
             cfg.segment_index_bytes,
             Some(0),
         )?;
-        let mut seg = Self {
-            base_offset: base,
-            file: Arc::new(file),
-            size: 0,
-            offset_index,
-            time_index,
-            path,
-            bytes_since_index: 0,
-            max_timestamp: -1,
-            offset_of_max_timestamp: base,
-            next_offset: base,
-            first_batch_timestamp: None,
-            index_interval: cfg.index_interval_bytes,
-        };
+        let mut seg = Self::assemble(base, path, file, 0, offset_index, time_index, cfg);
         let file = seg.file.clone();
         let mut reader = BufReader::with_capacity(1 << 20, file.as_ref());
         let mut buf = Vec::new();
