@@ -2,9 +2,12 @@
 # Idempotent installer for the client compatibility suite.
 #
 # Installs, caching everything under <repo>/.cache/compat/:
-#   - a Python venv (.cache/compat/venv) with kafka-python, confluent-kafka and the
+#   - a Python venv (.cache/compat/venv) with kafka-python, confluent-kafka, aiokafka and the
 #     compression libraries kafka-python's codecs import (python-snappy/cramjam, lz4, zstandard)
 #   - kcat (apt, only if missing)
+#   - kafkajs 2.x (npm, into .cache/compat/node_modules; node/npm from apt only if missing)
+#   - Go and sarama 1.22 (apt golang-go golang-github-shopify-sarama-dev, only if missing;
+#     sarama lives in /usr/share/gocode and is built with GO111MODULE=off GOPATH=/usr/share/gocode)
 #   - JDK 17 (apt openjdk-17-jdk-headless, only if javac is missing)
 #   - the Java kafka-clients 3.9.1 jars (+ slf4j-api, lz4-java, snappy-java, zstd-jni), taken from
 #     the PyPI wheel shigawire-apache-flink-libraries==2.0.0.post1, into .cache/compat/java-lib/
@@ -39,14 +42,21 @@ fi
 if ! command -v javac >/dev/null 2>&1; then
     apt_install openjdk-17-jdk-headless
 fi
-for tool in kcat javac java; do
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+SARAMA_SRC=/usr/share/gocode/src/github.com/Shopify/sarama
+if ! command -v go >/dev/null 2>&1 || [ ! -f "$SARAMA_SRC/consumer_group.go" ]; then
+    apt_install golang-go golang-github-shopify-sarama-dev
+fi
+for tool in kcat javac java node npm go; do
     command -v "$tool" >/dev/null 2>&1 || { log "ERROR: $tool still missing"; exit 1; }
 done
 
 # ---------------------------------------------------------------- Python venv
 # kafka-python's codecs (kafka/codec.py) import: snappy (python-snappy, which needs cramjam),
 # lz4.frame (lz4) and zstandard; gzip is in the standard library.
-PY_PKGS=("kafka-python>=3.0" "confluent-kafka>=2.16" python-snappy cramjam lz4 zstandard)
+PY_PKGS=("kafka-python>=3.0" "confluent-kafka>=2.16" "aiokafka>=0.14" python-snappy cramjam lz4 zstandard)
 if [ ! -x "$VENV/bin/python" ]; then
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
         apt_install python3 python3-venv
@@ -56,7 +66,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
-import kafka, confluent_kafka, lz4.frame, zstandard, cramjam, snappy
+import kafka, confluent_kafka, aiokafka, lz4.frame, zstandard, cramjam, snappy
 from kafka.codec import has_gzip, has_snappy, has_lz4, has_zstd
 assert has_gzip() and has_snappy() and has_lz4() and has_zstd()
 assert tuple(int(x) for x in kafka.__version__.split('.')[:1]) >= (3,)
@@ -67,14 +77,31 @@ then
         --upgrade "${PY_PKGS[@]}"
 fi
 "$VENV/bin/python" - <<'EOF'
-import sys, kafka, confluent_kafka
+import sys, kafka, confluent_kafka, aiokafka
 from kafka.codec import has_gzip, has_snappy, has_lz4, has_zstd
 codecs = dict(gzip=has_gzip(), snappy=has_snappy(), lz4=has_lz4(), zstd=has_zstd())
 assert all(codecs.values()), codecs
-print("[install] kafka-python %s, confluent-kafka %s (librdkafka %s), codecs %s"
+print("[install] kafka-python %s, confluent-kafka %s (librdkafka %s), aiokafka %s, codecs %s"
       % (kafka.__version__, confluent_kafka.__version__, confluent_kafka.libversion()[0],
-         ",".join(codecs)), file=sys.stderr, flush=True)
+         aiokafka.__version__, ",".join(codecs)), file=sys.stderr, flush=True)
 EOF
+
+# ---------------------------------------------------------------- kafkajs (npm)
+kafkajs_version() {
+    node -e 'console.log(require(process.argv[1] + "/node_modules/kafkajs/package.json").version)' "$CACHE" 2>/dev/null
+}
+case "$(kafkajs_version)" in
+    2.*) ;;
+    *) log "npm install --prefix $CACHE kafkajs@^2.2"
+       npm install --prefix "$CACHE" --no-audit --no-fund --loglevel=error "kafkajs@^2.2" >&2 ;;
+esac
+case "$(kafkajs_version)" in
+    2.*) log "kafkajs $(kafkajs_version) in $CACHE/node_modules" ;;
+    *) log "ERROR: kafkajs missing in $CACHE/node_modules"; exit 1 ;;
+esac
+
+# ---------------------------------------------------------------- sarama (Go, from Debian)
+log "$(go version), sarama $(dpkg-query -W -f '${Version}' golang-github-shopify-sarama-dev 2>/dev/null || echo '?') in $SARAMA_SRC"
 
 # ---------------------------------------------------------------- Java client jars
 WHEEL_REQ="shigawire-apache-flink-libraries==2.0.0.post1"

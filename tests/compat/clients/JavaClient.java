@@ -6,6 +6,7 @@
 //          with acks=all and compression.type=<codec> (record i to partition i % 3), wait for every
 //          ack, then verify.
 // verify:  for each codec and partition, assign (no group.id), read offset 0 .. endOffsets and check.
+// groups-*: consumer-group scenario, see JavaGroups.java.
 
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
@@ -265,8 +266,13 @@ public class JavaClient {
     }
 
     public static void main(String[] args) {
+        if (args.length == 3 && args[2].startsWith("groups-")
+                && List.of("groups-produce", "groups-consume", "groups-resume").contains(args[2])) {
+            System.exit(JavaGroups.main(args[0], args[1], args[2]));  // consumer-group scenario
+        }
         if (args.length != 3 || !(args[2].equals("produce") || args[2].equals("verify"))) {
             System.err.println("usage: JavaClient <bootstrap host:port> <topic-prefix> produce|verify");
+            System.err.println("       JavaClient <bootstrap host:port> <topic> groups-produce|groups-consume|groups-resume");
             System.exit(2);
         }
         String bootstrap = args[0], prefix = args[1], mode = args[2];

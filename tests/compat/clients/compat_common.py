@@ -25,9 +25,14 @@ def topic_of(prefix, codec):
     return "%s-%s" % (prefix, codec)
 
 
+GROUP_MODES = ("groups-produce", "groups-consume", "groups-resume")
+
+
 def parse_args(argv, client):
-    if len(argv) != 4 or argv[3] not in ("produce", "verify"):
-        sys.stderr.write("usage: %s <bootstrap host:port> <topic-prefix> produce|verify\n" % argv[0])
+    if len(argv) != 4 or argv[3] not in ("produce", "verify") + GROUP_MODES:
+        sys.stderr.write("usage: %s <bootstrap host:port> <topic-prefix> produce|verify\n"
+                         "       %s <bootstrap host:port> <topic> groups-produce|groups-consume|groups-resume\n"
+                         % (argv[0], argv[0]))
         sys.exit(2)
     return argv[1], argv[2], argv[3]
 

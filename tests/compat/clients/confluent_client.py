@@ -9,8 +9,12 @@ produce: for each codec create <prefix>-<codec> (3 partitions, RF 1) with AdminC
 verify:  for each codec and partition, assign (no subscribe; librdkafka insists on a group.id,
          but nothing is ever committed), read offset 0 .. high watermark and check.
 """
+import os
 import sys
+import threading
 import time
+
+import group_check as gc
 
 from compat_common import (CODECS, N, PARTITIONS, STEP_TIMEOUT, Deadline, Report, check_partition,
                            key_of, parse_args, topic_of, value_of)
@@ -174,8 +178,189 @@ def verify(bootstrap, prefix, report, codecs):
         consumer.close()
 
 
+# ------------------------------------------------------------------ consumer-group scenario
+# usage: confluent_client.py <bootstrap> <topic> groups-produce|groups-consume|groups-resume
+# (see group_check.py for the scenario and the event log written to $COMPAT_EVENTS)
+
+def groups_produce(bootstrap, topic, first, count):
+    conf, errors = base_conf(bootstrap, "compat-confluent-gproducer")
+    conf.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                 "message.timeout.ms": TIMEOUT_MS})
+    producer = Producer(conf)
+    failures = []
+    acked = {}
+
+    def on_delivery(e, msg):
+        i = gc.index_of_key(msg.key())
+        if e is not None:
+            failures.append("record k-%s: %s" % (i, e))
+        elif i in acked:
+            failures.append("record k-%d acknowledged twice" % i)
+        else:
+            acked[i] = (msg.partition(), msg.offset())
+
+    deadline = Deadline()
+    for i in range(first, first + count):
+        producer.produce(topic, key=gc.key_of(i), value=gc.value_of(i), on_delivery=on_delivery)
+        producer.poll(0)
+    remaining = producer.flush(max(1.0, deadline.left()))
+    if failures:
+        raise RuntimeError("%d delivery failures, first: %s" % (len(failures), failures[0]))
+    if remaining or len(acked) != count:
+        raise RuntimeError("%d of %d records not acknowledged within %.0fs"
+                           % (count - len(acked), count, STEP_TIMEOUT))
+    if errors:
+        raise RuntimeError("fatal client error: %s" % errors[0])
+    return acked
+
+
+def check_acks(acked, first_offsets):
+    """acked: i -> (partition, offset). Offsets per partition must be contiguous from first_offsets[p]."""
+    by_p = {}
+    for i, (p, o) in acked.items():
+        by_p.setdefault(p, []).append(o)
+    for p, offs in by_p.items():
+        offs.sort()
+        start = first_offsets.get(p, 0)
+        if offs != list(range(start, start + len(offs))):
+            raise RuntimeError("partition %d: acked offsets not contiguous from %d: %s..."
+                               % (p, start, offs[:5]))
+    return {p: len(v) for p, v in sorted(by_p.items())}
+
+
+def end_offsets(bootstrap, topic):
+    conf, _ = base_conf(bootstrap, "compat-confluent-offsets")
+    conf.update({"group.id": topic + "-offsets-probe", "enable.auto.commit": False})
+    c = Consumer(conf)
+    try:
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=STEP_TIMEOUT, cached=False)[1]
+                for p in range(PARTITIONS)}
+    finally:
+        c.close()
+
+
+def committed_offsets(bootstrap, topic, group):
+    conf, _ = base_conf(bootstrap, "compat-confluent-committed")
+    conf.update({"group.id": group, "enable.auto.commit": False})
+    c = Consumer(conf)   # never subscribes: OffsetFetch only, no group membership
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=STEP_TIMEOUT)
+        for tp in tps:
+            if tp.error:
+                raise RuntimeError("committed offset of partition %d: %s" % (tp.partition, tp.error))
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        c.close()
+
+
+class Member(threading.Thread):
+    def __init__(self, bootstrap, topic, group, name, ev):
+        super().__init__(name=name, daemon=True)
+        self.topic, self.name_, self.ev = topic, name, ev
+        self.stop = threading.Event()
+        conf, self.errors = base_conf(bootstrap, "compat-confluent-" + name)
+        conf.update({
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "heartbeat.interval.ms": 500,
+            "session.timeout.ms": 10000,
+            "enable.partition.eof": False,
+        })
+        self.consumer = Consumer(conf)
+
+    def run(self):
+        c, ev, m = self.consumer, self.ev, self.name_
+
+        def on_assign(_c, parts):
+            ev.assign(m, [tp.partition for tp in parts])
+
+        def on_revoke(_c, parts):
+            ev.revoke(m, [tp.partition for tp in parts])
+
+        try:
+            c.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
+            while not self.stop.is_set():
+                msgs = c.consume(num_messages=gc.MAX_BATCH, timeout=0.2)
+                nxt = {}
+                for msg in msgs:
+                    if msg.error():
+                        sys.stderr.write("%s %s: consume error: %s\n" % (CLIENT, m, msg.error()))
+                        if msg.error().fatal():
+                            ev.error("%s: fatal consume error: %s" % (m, msg.error()))
+                        continue
+                    ev.rec(m, msg.partition(), msg.offset(), gc.index_of_key(msg.key()))
+                    time.sleep(gc.PROCESS_DELAY)
+                    nxt[msg.partition()] = msg.offset() + 1
+                if nxt:
+                    try:
+                        res = c.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in nxt.items()],
+                                       asynchronous=False)
+                        for tp in res:
+                            ev.commit(m, tp.partition, tp.offset, tp.error is None, tp.error)
+                    except KafkaException as e:
+                        for p, o in nxt.items():
+                            ev.commit(m, p, o, False, e)
+                for e in self.errors:
+                    ev.error("%s: fatal client error: %s" % (m, e))
+                del self.errors[:]
+        except Exception as e:
+            ev.error("%s: %s" % (m, err(e)))
+        finally:
+            ev.revoke(m)   # processes nothing from here on
+            c.close()      # LeaveGroup
+
+
+def groups_consume(bootstrap, topic, members, keys):
+    ev = gc.Events(os.environ["COMPAT_EVENTS"], strict=True)
+    group = topic + "-g"
+    ends = end_offsets(bootstrap, topic)
+    for p, e in sorted(ends.items()):
+        ev.end(p, e)
+    threads = {}
+
+    def start(m):
+        threads[m] = Member(bootstrap, topic, group, m, ev)
+        threads[m].start()
+
+    def stop(m):
+        threads[m].stop.set()
+        threads[m].join(20)
+        if threads[m].is_alive():
+            ev.error("member %s did not close within 20s" % m)
+
+    gc.drive(ev, start, stop, members, keys, ends,
+             log=lambda s: sys.stderr.write("%s: %s\n" % (CLIENT, s)))
+    for p, o in sorted(committed_offsets(bootstrap, topic, group).items()):
+        ev.final(p, o)
+    ev.close()
+
+
+def groups_main(bootstrap, topic, mode):
+    report = Report(CLIENT)
+    try:
+        if mode == "groups-produce":
+            create_topic(bootstrap, topic)
+            per_p = check_acks(groups_produce(bootstrap, topic, 0, gc.N_FIRST), {})
+            if sorted(per_p) != list(range(PARTITIONS)):
+                raise RuntimeError("records landed in partitions %s only" % per_p)
+            print("%s %s OK %d records, per partition %s" % (CLIENT, mode, gc.N_FIRST, per_p), flush=True)
+        elif mode == "groups-consume":
+            groups_consume(bootstrap, topic, ["c1", "c2", "c3"], set(range(gc.N_FIRST)))
+        else:
+            before = end_offsets(bootstrap, topic)
+            check_acks(groups_produce(bootstrap, topic, gc.N_FIRST, gc.N_MORE), before)
+            groups_consume(bootstrap, topic, ["r1"], set(range(gc.N_FIRST, gc.N_FIRST + gc.N_MORE)))
+    except Exception as e:
+        report.fail(mode, err(e))
+    report.exit()
+
+
 def main():
     bootstrap, prefix, mode = parse_args(sys.argv, CLIENT)
+    if mode.startswith("groups-"):
+        return groups_main(bootstrap, prefix, mode)
     report = Report(CLIENT)
     codecs = list(CODECS)
     if mode == "produce":

@@ -9,10 +9,15 @@
 #          i % P, one kcat -P -p <p> run per partition), then verify.
 # verify:  for each codec and partition, kcat -C -p <p> -o beginning -e (simple consumer, no
 #          group), and compare offset/key/value of every record with the expectation.
+# groups-*: consumer-group scenario, see kcat_groups.sh.
 set -uo pipefail
 
+if [ $# -eq 3 ] && [[ "$3" == groups-* ]]; then
+    exec bash "$(dirname "${BASH_SOURCE[0]}")/kcat_groups.sh" "$@"
+fi
 if [ $# -ne 3 ] || { [ "$3" != produce ] && [ "$3" != verify ]; }; then
     echo "usage: $0 <bootstrap host:port> <topic-prefix> produce|verify" >&2
+    echo "       $0 <bootstrap host:port> <topic> groups-produce|groups-consume|groups-resume (kcat_groups.sh)" >&2
     exit 2
 fi
 BOOT="$1" PREFIX="$2" MODE="$3"
