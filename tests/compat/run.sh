@@ -274,7 +274,21 @@ done
 if [ -n "${GROUP_CLIENTS[*]}" ]; then
     echo "(- = not run for this client. groups: kcat = 3 'kcat -G' processes, librdkafka auto-commit (kcat has no"
     echo " manual commit), topic created and committed offsets read with kafka-python (kcat has no admin API);"
-    echo " sarama commits with a synchronous OffsetCommit v2 to the coordinator (1.22 has no sync commit))"
+    echo " sarama commits with a synchronous OffsetCommit v1 (its own default) to the coordinator (1.22 has no sync commit))"
+fi
+# The README's compatibility table must say what this run measured (full runs only).
+if [ -z "${COMPAT_CLIENTS:-}" ] && [ -z "${COMPAT_SCENARIOS:-}" ]; then
+    measured="$(for c in "${CLIENTS[@]}"; do
+        echo "| $c | ${RESULT[$c,produce]} | ${RESULT[$c,verify]} | ${RESULT[$c,group]} | ${RESULT[$c,resume]} |"
+    done)"
+    documented="$(sed -n '/<!-- compat:start -->/,/<!-- compat:end -->/p' "$ROOT/README.md" | grep -E '^\| [a-z]' | grep -v '^| client ')"
+    if [ "$measured" = "$documented" ]; then
+        echo "README compatibility table matches this run"
+    else
+        echo "README compatibility table disagrees with this run:"
+        diff <(echo "$documented") <(echo "$measured") | sed 's/^/  /'
+        FAILED=$((FAILED + 1))
+    fi
 fi
 echo
 if [ "$FAILED" -gt 0 ]; then

@@ -49,7 +49,7 @@ const EXPECTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetCommit, 0, 9),
     (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
@@ -663,6 +663,7 @@ fn check_version(w: &mut World, api: ApiKey, v: i16) {
         ApiKey::CreatePartitions => check_create_partitions(w, v),
         ApiKey::IncrementalAlterConfigs => check_incremental_alter_configs(w, v),
         ApiKey::DescribeCluster => check_describe_cluster(w, v),
+        ApiKey::OffsetCommit if v < 2 => check_offset_commit_legacy(w, v),
         ApiKey::FindCoordinator => check_find_coordinator(w, v),
         ApiKey::JoinGroup => check_join_group(w, v),
         ApiKey::SyncGroup => check_sync_group(w, v),
@@ -3750,4 +3751,107 @@ fn join_group_rejects_bad_requests() {
     let sticky = join_req(9, group, "", None, SESSION_MS, &[("sticky", meta.clone())]);
     assert_eq!(c.call(9, &sticky).error_code, INCONSISTENT_GROUP_PROTOCOL);
     assert_eq!(state_of(addr, group), "Stable");
+}
+
+/// OffsetCommit v0/v1 request frame, encoded by hand: kafka-protocol no longer models them.
+#[allow(clippy::too_many_arguments)]
+fn legacy_commit_frame(
+    v: i16,
+    id: i32,
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    parts: &[(i32, i64, &str)],
+) -> Vec<u8> {
+    fn put_str(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(&(s.len() as i16).to_be_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(&8i16.to_be_bytes());
+    b.extend_from_slice(&v.to_be_bytes());
+    b.extend_from_slice(&id.to_be_bytes());
+    put_str(&mut b, "strom-tests");
+    put_str(&mut b, group);
+    if v >= 1 {
+        b.extend_from_slice(&generation.to_be_bytes());
+        put_str(&mut b, member);
+    }
+    b.extend_from_slice(&1i32.to_be_bytes());
+    put_str(&mut b, topic);
+    b.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+    for (p, o, m) in parts {
+        b.extend_from_slice(&p.to_be_bytes());
+        b.extend_from_slice(&o.to_be_bytes());
+        if v >= 1 {
+            b.extend_from_slice(&(-1i64).to_be_bytes()); // commit timestamp
+        }
+        put_str(&mut b, m);
+    }
+    with_length(&b)
+}
+
+/// v0 and v1 (sarama's default) are answered in the v2 layout, which is byte-identical.
+fn check_offset_commit_legacy(w: &mut World, v: i16) {
+    let group = format!("proto-oc-v{v}");
+    let mut c = w.client();
+    let (generation, member) = if v == 0 {
+        (-1, String::new()) // v0 has no membership: a simple commit
+    } else {
+        let j = stable_group(
+            &mut c,
+            &group,
+            None,
+            &Bytes::from_static(b"oc"),
+            &Bytes::from_static(b"oc-assignment"),
+        );
+        (j.generation_id, j.member_id.to_string())
+    };
+    let offset = 100 + i64::from(v);
+    let metadata = format!("oc-v{v}");
+    let id = c.next_id();
+    c.write(&legacy_commit_frame(
+        v,
+        id,
+        &group,
+        generation,
+        &member,
+        MAIN,
+        &[(0, offset, &metadata), (7, 1, "no such partition")],
+    ));
+    let frame = c.read_frame().expect("legacy OffsetCommit response");
+    let resp: OffsetCommitResponse = decode_response(ApiKey::OffsetCommit, 2, id, frame);
+    assert_eq!(
+        commit_codes(&resp),
+        vec![
+            (MAIN.to_owned(), 0, 0),
+            (MAIN.to_owned(), 7, UNKNOWN_TOPIC_OR_PARTITION)
+        ]
+    );
+    let stored = vec![committed_entry(MAIN, 0, offset, -1, &metadata)];
+    assert_eq!(fetched(&mut c, 8, &group, Some(&[(MAIN, &[0])])), stored);
+    if v >= 1 {
+        let id = c.next_id();
+        c.write(&legacy_commit_frame(
+            v,
+            id,
+            &group,
+            generation + 1,
+            &member,
+            MAIN,
+            &[(0, 1, "x")],
+        ));
+        let resp: OffsetCommitResponse = decode_response(
+            ApiKey::OffsetCommit,
+            2,
+            id,
+            c.read_frame().expect("response"),
+        );
+        assert_eq!(
+            commit_codes(&resp),
+            vec![(MAIN.to_owned(), 0, ILLEGAL_GENERATION)]
+        );
+        assert_eq!(fetched(&mut c, 8, &group, Some(&[(MAIN, &[0])])), stored);
+    }
 }

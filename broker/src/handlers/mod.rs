@@ -47,7 +47,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetCommit, 0, 9),
     (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::FindCoordinator, 0, 6),
     (ApiKey::JoinGroup, 0, 9),
@@ -277,6 +277,20 @@ pub fn dispatch(
             &ctx,
             leave_group::handle(&ctx, decode(api, version, b)?),
         ),
+        ApiKey::OffsetCommit if version < offset_commit::legacy::AS_VERSION => {
+            let req = offset_commit::legacy::decode(version, body).map_err(|reason| {
+                HandlerError::Decode {
+                    api,
+                    version,
+                    reason,
+                }
+            })?;
+            let legacy = Ctx {
+                version: offset_commit::legacy::AS_VERSION,
+                ..ctx
+            };
+            Ok(later(api, &legacy, offset_commit::handle(&legacy, req)))
+        }
         ApiKey::OffsetCommit => Ok(later(
             api,
             &ctx,

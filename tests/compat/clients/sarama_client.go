@@ -369,17 +369,15 @@ func (h *handler) commit(s sarama.ConsumerGroupSession, p int32, next int64) err
 	if err != nil {
 		return fmt.Errorf("coordinator: %v", err)
 	}
-	// v2, as sarama's offset manager sends when Consumer.Offsets.Retention is set (with the
-	// default Retention 0 it sends v1, which Kafka 4 and Strom no longer accept); -1: broker's
-	// default retention
+	// v1, exactly what sarama's own offset manager sends with the default
+	// Consumer.Offsets.Retention of 0 (Kafka 3.9 and Strom accept v0-v9).
 	req := &sarama.OffsetCommitRequest{
-		Version:                 2,
+		Version:                 1,
 		ConsumerGroup:           h.group,
 		ConsumerGroupGeneration: s.GenerationID(),
 		ConsumerID:              s.MemberID(),
-		RetentionTime:           -1,
 	}
-	req.AddBlock(h.topic, p, next, 0, "")
+	req.AddBlock(h.topic, p, next, sarama.ReceiveTime, "")
 	resp, err := coord.CommitOffset(req)
 	if err != nil {
 		return err
