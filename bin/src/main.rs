@@ -173,6 +173,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     );
     let background = tokio::spawn(Arc::clone(&broker).run_background());
     server.run(shutdown_signal()).await;
+    // Membership changes of the last moments, so that groups resume after the restart (the
+    // flusher in the background task must still run for these writes).
+    broker.persist_groups().await;
     background.abort();
     tracing::info!("flushing and closing logs");
     match tokio::task::spawn_blocking(move || broker.close()).await {

@@ -87,7 +87,10 @@ impl Broker {
                         log.flush_if_due();
                     }
                 }
-                _ = group_tick.tick() => self.groups.tick(),
+                _ = group_tick.tick() => {
+                    self.groups.tick();
+                    self.persist_groups().await;
+                }
             }
         }
     }
@@ -100,6 +103,19 @@ impl Broker {
             }
             if let Err(e) = log.apply_retention() {
                 tracing::error!(log = log.name(), error = %e, "retention failed");
+            }
+        }
+    }
+
+    /// Writes membership changes of the last tick to the offsets topic.
+    pub async fn persist_groups(&self) {
+        for (group, snapshot) in self.groups.take_dirty() {
+            let partitions = self.config.offsets_topic_partitions;
+            if let Err(e) =
+                group::store::write_group(&self.catalog, partitions, &group, snapshot.as_ref())
+                    .await
+            {
+                tracing::warn!(group = %group, error = ?e, "could not store group metadata");
             }
         }
     }

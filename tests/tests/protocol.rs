@@ -3855,3 +3855,47 @@ fn check_offset_commit_legacy(w: &mut World, v: i16) {
         assert_eq!(fetched(&mut c, 8, &group, Some(&[(MAIN, &[0])])), stored);
     }
 }
+
+/// A restarted broker resumes its groups (membership, generation, assignment) from the offsets
+/// topic, so live members carry on without a rebalance — after SIGTERM and after kill -9.
+#[test]
+fn group_membership_survives_restarts() {
+    let mut strom = Strom::start_with(&[("group.initial.rebalance.delay.ms", "0")]);
+    let assignment = Bytes::from_static(b"kept-assignment");
+    let j = stable_group(
+        &mut Client::connect(strom.addr()),
+        "proto-resume",
+        None,
+        &Bytes::from_static(b"meta"),
+        &assignment,
+    );
+    let (member, generation) = (j.member_id.to_string(), j.generation_id);
+    // Let the background tick store the membership before the crash.
+    std::thread::sleep(Duration::from_millis(500));
+    for crash in [false, true] {
+        if crash {
+            strom.kill9();
+        } else {
+            assert!(strom.terminate().success());
+        }
+        strom.restart();
+        let mut c = Client::connect(strom.addr());
+        assert_eq!(
+            heartbeat(&mut c, 4, "proto-resume", generation, &member),
+            0,
+            "member lost after restart (crash: {crash})"
+        );
+        let g = describe_group(strom.addr(), "proto-resume");
+        assert_eq!(g.group_state.as_str(), "Stable");
+        assert_eq!(g.members.len(), 1);
+        assert_eq!(g.members[0].member_assignment, assignment);
+        let s = c.call(
+            5,
+            &sync_req(5, "proto-resume", generation, &member, None, &[]),
+        );
+        assert_eq!(
+            (s.error_code, s.assignment.clone()),
+            (0, assignment.clone())
+        );
+    }
+}

@@ -228,9 +228,63 @@ pub struct GroupConfig {
     pub max_session_timeout_ms: i32,
 }
 
+/// A group's membership as stored in the offsets topic after each rebalance, so that a
+/// restarted broker resumes the generation instead of forcing every member to rejoin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    pub members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSnapshot {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    /// The member's metadata for the group's chosen protocol.
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     config: GroupConfig,
+    /// Membership changes to persist (`None`: the group was deleted), drained by the broker.
+    dirty: Mutex<Vec<(String, Option<GroupSnapshot>)>>,
+}
+
+fn snapshot(g: &Group) -> GroupSnapshot {
+    GroupSnapshot {
+        protocol_type: g.protocol_type.clone().unwrap_or_default(),
+        generation: g.generation,
+        protocol_name: g.protocol_name.clone(),
+        leader: g.leader.clone(),
+        members: g
+            .members
+            .values()
+            .map(|m| MemberSnapshot {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                rebalance_timeout_ms: m.rebalance_timeout.as_millis().min(i32::MAX as u128) as i32,
+                session_timeout_ms: m.session_timeout.as_millis().min(i32::MAX as u128) as i32,
+                subscription: m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| Some(n) == g.protocol_name.as_ref())
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default(),
+                assignment: m.assignment.clone(),
+            })
+            .collect(),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -244,16 +298,65 @@ impl Coordinator {
         Arc::new(Self {
             groups: Mutex::new(HashMap::new()),
             config,
+            dirty: Mutex::new(Vec::new()),
         })
     }
 
-    /// Installs offsets loaded from the offsets topic at start-up.
-    pub fn load(&self, offsets: HashMap<String, HashMap<(String, i32), Committed>>) {
+    /// Installs what was loaded from the offsets topic at start-up. Groups that had members
+    /// come back Stable with a fresh session for each member, as after a coordinator move in
+    /// Kafka: members that are still alive carry on without a rebalance.
+    pub fn load(&self, loaded: store::Loaded) {
+        let now = Instant::now();
         let mut groups = self.groups.lock();
-        for (group, committed) in offsets {
-            let g = groups.entry(group).or_insert_with(Group::new);
-            g.offsets = committed;
+        for (id, snap) in loaded.groups {
+            let g = groups.entry(id).or_insert_with(Group::new);
+            g.generation = snap.generation;
+            g.protocol_type = Some(snap.protocol_type);
+            g.protocol_name = snap.protocol_name.clone();
+            g.leader = snap.leader;
+            for m in snap.members {
+                let protocols = snap
+                    .protocol_name
+                    .clone()
+                    .map(|p| vec![(p, m.subscription)])
+                    .unwrap_or_default();
+                g.members.insert(
+                    m.member_id.clone(),
+                    Member {
+                        id: m.member_id,
+                        instance_id: m.instance_id,
+                        client_id: m.client_id,
+                        client_host: m.client_host,
+                        session_timeout: Duration::from_millis(m.session_timeout_ms.max(0) as u64),
+                        rebalance_timeout: Duration::from_millis(
+                            m.rebalance_timeout_ms.max(0) as u64
+                        ),
+                        protocols,
+                        assignment: m.assignment,
+                        join_waiter: None,
+                        sync_waiter: None,
+                        last_heartbeat: now,
+                    },
+                );
+            }
+            g.state = if g.members.is_empty() {
+                State::Empty
+            } else {
+                State::Stable
+            };
         }
+        for (id, committed) in loaded.offsets {
+            groups.entry(id).or_insert_with(Group::new).offsets = committed;
+        }
+    }
+
+    /// Membership changes waiting to be written to the offsets topic.
+    pub fn take_dirty(&self) -> Vec<(String, Option<GroupSnapshot>)> {
+        std::mem::take(&mut *self.dirty.lock())
+    }
+
+    fn mark_dirty(&self, id: &str, g: Option<&Group>) {
+        self.dirty.lock().push((id.to_owned(), g.map(snapshot)));
     }
 
     /// JoinGroup. The receiver resolves when the join phase completes (or at once).
@@ -442,7 +545,7 @@ impl Coordinator {
     }
 
     /// Ends the join phase when every member has rejoined or the deadline passed.
-    fn maybe_complete_join(&self, g: &mut Group, now: Instant) {
+    fn maybe_complete_join(&self, id: &str, g: &mut Group, now: Instant) {
         if g.state != State::PreparingRebalance {
             return;
         }
@@ -466,6 +569,7 @@ impl Coordinator {
             g.state = State::Empty;
             g.protocol_name = None;
             g.leader = None;
+            self.mark_dirty(id, Some(g));
             return;
         }
         g.protocol_name = g.select_protocol();
@@ -567,6 +671,7 @@ impl Coordinator {
                         m.assignment = given.remove(&m.id).unwrap_or_default();
                     }
                     g.state = State::Stable;
+                    self.mark_dirty(group_id, Some(g));
                     let (ptype, pname) = (g.protocol_type.clone(), g.protocol_name.clone());
                     for m in g.members.values_mut() {
                         if let Some(w) = m.sync_waiter.take() {
@@ -660,17 +765,17 @@ impl Coordinator {
             });
         }
         tracing::info!(group = group_id, member = %id, "member left");
-        self.after_member_removed(g);
+        self.after_member_removed(group_id, g);
         Ok(())
     }
 
-    fn after_member_removed(&self, g: &mut Group) {
+    fn after_member_removed(&self, id: &str, g: &mut Group) {
         match g.state {
             State::Stable | State::CompletingRebalance => self.prepare_rebalance(g),
             State::PreparingRebalance => {}
             State::Empty | State::Dead => {}
         }
-        self.maybe_complete_join(g, Instant::now());
+        self.maybe_complete_join(id, g, Instant::now());
     }
 
     /// Completes rebalances and expires silent members; call every [`TICK`].
@@ -692,9 +797,9 @@ impl Coordinator {
             for member in expired {
                 tracing::info!(group = %id, %member, "member session expired");
                 g.members.remove(&member);
-                self.after_member_removed(g);
+                self.after_member_removed(id, g);
             }
-            self.maybe_complete_join(g, now);
+            self.maybe_complete_join(id, g, now);
         }
     }
 
@@ -834,6 +939,7 @@ impl Coordinator {
             State::Empty => {
                 let keys = g.offsets.keys().cloned().collect();
                 groups.remove(group_id);
+                self.mark_dirty(group_id, None);
                 Ok(keys)
             }
             _ => Err(ResponseError::NonEmptyGroup),

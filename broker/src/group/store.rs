@@ -11,13 +11,16 @@ use kafka_protocol::error::ResponseError;
 use strom_protocol::codec::Codec;
 use strom_protocol::records::{self, KeyValue};
 
-use super::Committed;
+use super::{Committed, GroupSnapshot, MemberSnapshot};
 use crate::catalog::{Catalog, Topic};
 use crate::error::ApiError;
 
 pub const TOPIC: &str = "__consumer_offsets";
 const KEY_VERSION: i16 = 1;
 const VALUE_VERSION: i16 = 3;
+/// Kafka's GroupMetadataKey and (non-flexible) GroupMetadataValue versions.
+const GROUP_KEY_VERSION: i16 = 2;
+const GROUP_VALUE_VERSION: i16 = 3;
 const DECODE_LIMIT: usize = 64 << 20;
 
 /// Java's `String.hashCode`, so groups land on the same partition as in Kafka.
@@ -65,18 +68,142 @@ pub fn encode_value(c: &Committed) -> Bytes {
     b.freeze()
 }
 
-/// (group, topic, partition) from an offset-commit key; other key kinds are `None`.
-pub fn decode_key(mut b: Bytes) -> Option<(String, String, i32)> {
+/// What a record of the offsets topic is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    Group(String),
+}
+
+pub fn decode_key(mut b: Bytes) -> Option<Key> {
     if b.remaining() < 2 {
         return None;
     }
-    let version = b.get_i16();
-    if !(0..=1).contains(&version) {
-        return None; // group metadata (v2) and unknown kinds
+    match b.get_i16() {
+        0 | 1 => {
+            let group = get_str(&mut b)?;
+            let topic = get_str(&mut b)?;
+            (b.remaining() >= 4).then(|| Key::Offset {
+                group,
+                topic,
+                partition: b.get_i32(),
+            })
+        }
+        GROUP_KEY_VERSION => get_str(&mut b).map(Key::Group),
+        _ => None,
     }
-    let group = get_str(&mut b)?;
-    let topic = get_str(&mut b)?;
-    (b.remaining() >= 4).then(|| (group, topic, b.get_i32()))
+}
+
+pub fn encode_group_key(group: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(GROUP_KEY_VERSION);
+    put_str(&mut b, group);
+    b.freeze()
+}
+
+fn put_nullable(b: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => put_str(b, s),
+        None => b.put_i16(-1),
+    }
+}
+
+fn get_nullable(b: &mut Bytes) -> Option<Option<String>> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    if i16::from_be_bytes([b[0], b[1]]) < 0 {
+        b.advance(2);
+        return Some(None);
+    }
+    get_str(b).map(Some)
+}
+
+fn put_bytes(b: &mut BytesMut, v: &[u8]) {
+    b.put_i32(v.len() as i32);
+    b.put_slice(v);
+}
+
+fn get_bytes(b: &mut Bytes) -> Option<Bytes> {
+    if b.remaining() < 4 {
+        return None;
+    }
+    let n = usize::try_from(b.get_i32()).ok()?;
+    (b.remaining() >= n).then(|| b.split_to(n))
+}
+
+/// Kafka's GroupMetadataValue v3.
+pub fn encode_group_value(g: &GroupSnapshot) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(GROUP_VALUE_VERSION);
+    put_str(&mut b, &g.protocol_type);
+    b.put_i32(g.generation);
+    put_nullable(&mut b, g.protocol_name.as_deref());
+    put_nullable(&mut b, g.leader.as_deref());
+    b.put_i64(super::commit_timestamp());
+    b.put_i32(g.members.len() as i32);
+    for m in &g.members {
+        put_str(&mut b, &m.member_id);
+        put_nullable(&mut b, m.instance_id.as_deref());
+        put_str(&mut b, &m.client_id);
+        put_str(&mut b, &m.client_host);
+        b.put_i32(m.rebalance_timeout_ms);
+        b.put_i32(m.session_timeout_ms);
+        put_bytes(&mut b, &m.subscription);
+        put_bytes(&mut b, &m.assignment);
+    }
+    b.freeze()
+}
+
+pub fn decode_group_value(mut b: Bytes) -> Option<GroupSnapshot> {
+    if b.remaining() < 2 || b.get_i16() != GROUP_VALUE_VERSION {
+        return None; // other versions are Kafka's own; nothing Strom wrote
+    }
+    let protocol_type = get_str(&mut b)?;
+    if b.remaining() < 4 {
+        return None;
+    }
+    let generation = b.get_i32();
+    let protocol_name = get_nullable(&mut b)?;
+    let leader = get_nullable(&mut b)?;
+    if b.remaining() < 12 {
+        return None;
+    }
+    b.advance(8); // state timestamp
+    let count = usize::try_from(b.get_i32()).ok()?;
+    let mut members = Vec::with_capacity(count.min(b.remaining()));
+    for _ in 0..count {
+        let member_id = get_str(&mut b)?;
+        let instance_id = get_nullable(&mut b)?;
+        let client_id = get_str(&mut b)?;
+        let client_host = get_str(&mut b)?;
+        if b.remaining() < 8 {
+            return None;
+        }
+        let rebalance_timeout_ms = b.get_i32();
+        let session_timeout_ms = b.get_i32();
+        members.push(MemberSnapshot {
+            member_id,
+            instance_id,
+            client_id,
+            client_host,
+            rebalance_timeout_ms,
+            session_timeout_ms,
+            subscription: get_bytes(&mut b)?,
+            assignment: get_bytes(&mut b)?,
+        });
+    }
+    Some(GroupSnapshot {
+        protocol_type,
+        generation,
+        protocol_name,
+        leader,
+        members,
+    })
 }
 
 pub fn decode_value(mut b: Bytes) -> Option<Committed> {
@@ -127,17 +254,42 @@ pub async fn write(
     group: &str,
     records: &[((String, i32), Option<Committed>)],
 ) -> Result<(), ApiError> {
-    if records.is_empty() {
+    let encoded: Vec<(Bytes, Option<Bytes>)> = records
+        .iter()
+        .map(|((t, p), v)| (encode_key(group, t, *p), v.as_ref().map(encode_value)))
+        .collect();
+    append(catalog, partitions, group, encoded).await
+}
+
+/// Stores a group's membership after a rebalance (`None` deletes the group).
+pub async fn write_group(
+    catalog: &Catalog,
+    partitions: i32,
+    group: &str,
+    snapshot: Option<&GroupSnapshot>,
+) -> Result<(), ApiError> {
+    append(
+        catalog,
+        partitions,
+        group,
+        vec![(encode_group_key(group), snapshot.map(encode_group_value))],
+    )
+    .await
+}
+
+async fn append(
+    catalog: &Catalog,
+    partitions: i32,
+    group: &str,
+    encoded: Vec<(Bytes, Option<Bytes>)>,
+) -> Result<(), ApiError> {
+    if encoded.is_empty() {
         return Ok(());
     }
     let topic = topic(catalog, partitions)?;
     let partition = topic
         .partition(partition_for(group, topic.partition_count()))
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
-    let encoded: Vec<(Bytes, Option<Bytes>)> = records
-        .iter()
-        .map(|((t, p), v)| (encode_key(group, t, *p), v.as_ref().map(encode_value)))
-        .collect();
     let kvs: Vec<KeyValue<'_>> = encoded
         .iter()
         .map(|(k, v)| (Some(k.as_ref()), v.as_deref()))
@@ -152,11 +304,19 @@ pub async fn write(
     Ok(())
 }
 
+/// Everything stored for the groups: committed offsets and membership.
+#[derive(Default)]
+pub struct Loaded {
+    pub offsets: HashMap<String, HashMap<(String, i32), Committed>>,
+    pub groups: HashMap<String, GroupSnapshot>,
+}
+
 /// Reads every committed offset back from the offsets topic.
-pub fn load(catalog: &Catalog) -> HashMap<String, HashMap<(String, i32), Committed>> {
+pub fn load(catalog: &Catalog) -> Loaded {
     let mut out: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
+    let mut groups: HashMap<String, GroupSnapshot> = HashMap::new();
     let Some(topic) = catalog.get(TOPIC) else {
-        return out;
+        return Loaded::default();
     };
     for p in topic.partitions.read().iter() {
         let log = &p.log;
@@ -183,24 +343,41 @@ pub fn load(catalog: &Catalog) -> HashMap<String, HashMap<(String, i32), Committ
                     continue;
                 };
                 for r in recs {
-                    let Some((group, t, part)) = r.key.and_then(decode_key) else {
-                        continue;
-                    };
-                    let offsets = out.entry(group).or_default();
-                    match r.value.and_then(decode_value) {
-                        Some(c) => {
-                            offsets.insert((t, part), c);
+                    match r.key.and_then(decode_key) {
+                        Some(Key::Offset {
+                            group,
+                            topic,
+                            partition,
+                        }) => {
+                            let offsets = out.entry(group).or_default();
+                            match r.value.and_then(decode_value) {
+                                Some(c) => {
+                                    offsets.insert((topic, partition), c);
+                                }
+                                None => {
+                                    offsets.remove(&(topic, partition));
+                                }
+                            }
                         }
-                        None => {
-                            offsets.remove(&(t, part));
-                        }
+                        Some(Key::Group(group)) => match r.value.and_then(decode_group_value) {
+                            Some(g) => {
+                                groups.insert(group, g);
+                            }
+                            None => {
+                                groups.remove(&group);
+                            }
+                        },
+                        None => {}
                     }
                 }
             }
         }
     }
     out.retain(|_, o| !o.is_empty());
-    out
+    Loaded {
+        offsets: out,
+        groups,
+    }
 }
 
 #[cfg(test)]
@@ -217,8 +394,33 @@ mod tests {
         };
         assert_eq!(
             decode_key(encode_key("g", "t", 7)),
-            Some(("g".into(), "t".into(), 7))
+            Some(Key::Offset {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 7
+            })
         );
+        assert_eq!(
+            decode_key(encode_group_key("g")),
+            Some(Key::Group("g".into()))
+        );
+        let snap = GroupSnapshot {
+            protocol_type: "consumer".into(),
+            generation: 4,
+            protocol_name: Some("range".into()),
+            leader: Some("m1".into()),
+            members: vec![MemberSnapshot {
+                member_id: "m1".into(),
+                instance_id: Some("i1".into()),
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                rebalance_timeout_ms: 300_000,
+                session_timeout_ms: 45_000,
+                subscription: Bytes::from_static(b"sub"),
+                assignment: Bytes::from_static(b"asg"),
+            }],
+        };
+        assert_eq!(decode_group_value(encode_group_value(&snap)), Some(snap));
         assert_eq!(decode_value(encode_value(&c)), Some(c));
         // Values computed with Java's String.hashCode.
         assert_eq!(java_hash("my-group"), -1_906_497_762);
