@@ -18,6 +18,9 @@ pub struct Broker {
     pub producer_ids: ProducerIds,
     pub flusher: Arc<Flusher>,
     pub groups: Arc<Coordinator>,
+    /// Commits hold it shared from write to apply; compaction of the offsets topic holds it
+    /// exclusively, so that no commit falls between its snapshot and the records it drops.
+    pub offsets_gate: tokio::sync::RwLock<()>,
 }
 
 impl Broker {
@@ -40,6 +43,7 @@ impl Broker {
             producer_ids,
             flusher,
             groups,
+            offsets_gate: tokio::sync::RwLock::new(()),
         }))
     }
 
@@ -49,7 +53,11 @@ impl Broker {
 
     /// The internal offsets topic, created on first use.
     pub fn offsets_topic(&self) -> Result<Arc<Topic>, ApiError> {
-        group::store::topic(&self.catalog, self.config.offsets_topic_partitions)
+        group::store::topic_with_segment(
+            &self.catalog,
+            self.config.offsets_topic_partitions,
+            self.config.offsets_segment_bytes,
+        )
     }
 
     /// Runs the flusher and the periodic tasks until the future is dropped.
@@ -77,6 +85,7 @@ impl Broker {
                     let this = self.clone();
                     let _ = tokio::task::spawn_blocking(move || this.apply_retention()).await;
                     self.expire_offsets().await;
+                    self.compact_offsets().await;
                 }
                 _ = checkpoint_tick.tick() => {
                     let this = self.clone();
@@ -103,6 +112,56 @@ impl Broker {
             }
             if let Err(e) = log.apply_retention() {
                 tracing::error!(log = log.name(), error = %e, "retention failed");
+            }
+        }
+    }
+
+    /// Compaction of `__consumer_offsets` by snapshot: when a partition has grown past
+    /// `offsets.topic.segment.bytes`, the current state of its groups (which the coordinator
+    /// holds in full) is appended and made durable, then the log start moves to it, so whole
+    /// old segments are deleted and start-up reads only live records.
+    async fn compact_offsets(&self) {
+        let Some(topic) = self.catalog.get(group::store::TOPIC) else {
+            return;
+        };
+        let count = topic.partition_count();
+        let threshold = self.config.offsets_segment_bytes;
+        let partitions = topic.partitions.read().clone();
+        for p in partitions {
+            if p.log.size_bytes() < threshold {
+                continue;
+            }
+            let _gate = self.offsets_gate.write().await;
+            let start = p.log.log_end_offset();
+            let mut ok = true;
+            for (group, offsets, membership) in self.groups.state_of_partition(p.index, count) {
+                let written = match group::store::write(&self.catalog, count, &group, &offsets)
+                    .await
+                {
+                    Ok(()) => match &membership {
+                        Some(m) => {
+                            group::store::write_group(&self.catalog, count, &group, Some(m)).await
+                        }
+                        None => Ok(()),
+                    },
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
+                    tracing::warn!(group = %group, error = ?e, "offsets compaction stopped");
+                    ok = false;
+                    break;
+                }
+            }
+            let end = p.log.log_end_offset();
+            if ok && p.log.wait_flushed(end).await.is_ok() {
+                match p.log.delete_records(start) {
+                    Ok(low) => {
+                        tracing::info!(log = p.log.name(), low, "compacted committed offsets")
+                    }
+                    Err(e) => {
+                        tracing::warn!(log = p.log.name(), error = %e, "offsets compaction could not move the log start")
+                    }
+                }
             }
         }
     }

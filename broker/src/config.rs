@@ -69,6 +69,7 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("group.max.session.timeout.ms", Kind::Int, "1800000", "Largest session timeout a consumer may ask for."),
     ("offsets.topic.num.partitions", Kind::Int, "50", "Partitions of the internal __consumer_offsets topic."),
     ("offsets.topic.replication.factor", Kind::Short, "1", "Replication factor of __consumer_offsets (1 on a single node)."),
+    ("offsets.topic.segment.bytes", Kind::Int, "104857600", "Segment size of __consumer_offsets; a partition larger than this is compacted."),
     ("offsets.retention.minutes", Kind::Int, "10080", "Committed offsets of an empty group are deleted after this long."),
     ("producer.id.expiration.ms", Kind::Long, "86400000", "Forget an idempotent producer's sequence state after this long without writes."),
 ];
@@ -192,6 +193,7 @@ fn validate_value(key: &str, kind: Kind, value: &str) -> Result<(), ConfigError>
         | "producer.id.expiration.ms"
         | "offsets.topic.num.partitions"
         | "offsets.retention.minutes"
+        | "offsets.topic.segment.bytes"
         | "offsets.topic.replication.factor"
         | "group.min.session.timeout.ms"
         | "group.max.session.timeout.ms" => min(1)?,
@@ -302,6 +304,7 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: i64,
     pub offsets_topic_partitions: i32,
     pub offsets_retention_ms: i64,
+    pub offsets_segment_bytes: u64,
     pub group: crate::group::GroupConfig,
     pub rack: Option<String>,
     /// Every key that was set explicitly (canonical names), for DescribeConfigs and for topic
@@ -379,6 +382,7 @@ impl BrokerConfig {
             producer_id_expiration_ms: num("producer.id.expiration.ms")?,
             offsets_topic_partitions: num("offsets.topic.num.partitions")? as i32,
             offsets_retention_ms: num("offsets.retention.minutes")?.saturating_mul(60_000),
+            offsets_segment_bytes: num("offsets.topic.segment.bytes")?.max(1) as u64,
             group: crate::group::GroupConfig {
                 initial_rebalance_delay: std::time::Duration::from_millis(
                     num("group.initial.rebalance.delay.ms")?.max(0) as u64,

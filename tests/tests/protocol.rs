@@ -3899,3 +3899,87 @@ fn group_membership_survives_restarts() {
         );
     }
 }
+
+/// `__consumer_offsets` does not grow without bound: past `offsets.topic.segment.bytes` a
+/// partition is rewritten from the coordinator's state and its old segments are dropped, and
+/// the latest offsets and memberships survive a crash afterwards.
+#[test]
+fn the_offsets_topic_is_compacted() {
+    let mut strom = Strom::start_with(&[
+        ("group.initial.rebalance.delay.ms", "0"),
+        ("offsets.topic.num.partitions", "1"),
+        ("offsets.topic.segment.bytes", "4096"),
+        ("log.retention.check.interval.ms", "200"),
+    ]);
+    create_topic(strom.addr(), "compacted-src", 1, &[]);
+    let mut c = Client::connect(strom.addr());
+    let j = stable_group(
+        &mut c,
+        "proto-compact",
+        None,
+        &Bytes::from_static(b"m"),
+        &Bytes::from_static(b"a"),
+    );
+    let member = j.member_id.to_string();
+    for i in 0..300i64 {
+        let req = commit_req(
+            8,
+            "proto-compact",
+            j.generation_id,
+            &member,
+            None,
+            "compacted-src",
+            &[(0, i, "meta")],
+            -1,
+        );
+        assert_eq!(
+            commit_codes(&c.call(8, &req)),
+            vec![("compacted-src".to_owned(), 0, 0)]
+        );
+    }
+    // Simple commits of another group hashed to the same (only) partition.
+    for i in 0..50i64 {
+        let req = commit_req(
+            8,
+            "proto-compact-simple",
+            -1,
+            "",
+            None,
+            "compacted-src",
+            &[(0, 1000 + i, "")],
+            -1,
+        );
+        assert_eq!(
+            commit_codes(&c.call(8, &req)),
+            vec![("compacted-src".to_owned(), 0, 0)]
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let low = loop {
+        let low = list_offset(&mut c, 9, "__consumer_offsets", -2).offset;
+        if low > 0 {
+            break low;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "__consumer_offsets was never compacted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(low > 100, "only {low} records dropped");
+    strom.kill9();
+    strom.restart();
+    let mut c = Client::connect(strom.addr());
+    assert_eq!(
+        fetched_offset(&mut c, "proto-compact", "compacted-src", 0),
+        299
+    );
+    assert_eq!(
+        fetched_offset(&mut c, "proto-compact-simple", "compacted-src", 0),
+        1049
+    );
+    assert_eq!(
+        heartbeat(&mut c, 4, "proto-compact", j.generation_id, &member),
+        0
+    );
+}

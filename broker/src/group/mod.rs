@@ -350,6 +350,37 @@ impl Coordinator {
         }
     }
 
+    /// The full state of every group stored in offsets-topic partition `partition`: what a
+    /// compacted copy of that partition would hold.
+    pub fn state_of_partition(
+        &self,
+        partition: i32,
+        partitions: i32,
+    ) -> Vec<(
+        String,
+        Vec<((String, i32), Option<Committed>)>,
+        Option<GroupSnapshot>,
+    )> {
+        let groups = self.groups.lock();
+        let mut out: Vec<_> = groups
+            .iter()
+            .filter(|(id, g)| {
+                g.state != State::Dead && store::partition_for(id, partitions) == partition
+            })
+            .map(|(id, g)| {
+                let offsets = g
+                    .offsets
+                    .iter()
+                    .map(|(k, c)| (k.clone(), Some(c.clone())))
+                    .collect();
+                let membership = (g.generation > 0).then(|| snapshot(g));
+                (id.clone(), offsets, membership)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Membership changes waiting to be written to the offsets topic.
     pub fn take_dirty(&self) -> Vec<(String, Option<GroupSnapshot>)> {
         std::mem::take(&mut *self.dirty.lock())

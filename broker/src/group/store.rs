@@ -232,12 +232,21 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
 
 /// The offsets topic, created on first use.
 pub fn topic(catalog: &Catalog, partitions: i32) -> Result<Arc<Topic>, ApiError> {
+    topic_with_segment(catalog, partitions, 104_857_600)
+}
+
+/// The offsets topic with a given segment size (`offsets.topic.segment.bytes`).
+pub fn topic_with_segment(
+    catalog: &Catalog,
+    partitions: i32,
+    segment_bytes: u64,
+) -> Result<Arc<Topic>, ApiError> {
     if let Some(t) = catalog.get(TOPIC) {
         return Ok(t);
     }
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
-    configs.insert("segment.bytes".to_owned(), "104857600".to_owned());
+    configs.insert("segment.bytes".to_owned(), segment_bytes.to_string());
     match catalog.create(TOPIC, partitions, -1, configs) {
         Err(e) if e.code == ResponseError::TopicAlreadyExists => catalog
             .get(TOPIC)

@@ -85,19 +85,23 @@ pub fn handle(
                 })
             })
             .collect();
-        let written = store::write(
-            &broker.catalog,
-            broker.config.offsets_topic_partitions,
-            &group,
-            &records,
-        )
-        .await;
-        match &written {
-            Ok(()) => broker.groups.apply_commits(&group, &records),
-            Err(e) => {
-                tracing::error!(group = %group, error = ?e, "offset commit could not be written")
+        let written = {
+            let _gate = broker.offsets_gate.read().await;
+            let written = store::write(
+                &broker.catalog,
+                broker.config.offsets_topic_partitions,
+                &group,
+                &records,
+            )
+            .await;
+            match &written {
+                Ok(()) => broker.groups.apply_commits(&group, &records),
+                Err(e) => {
+                    tracing::error!(group = %group, error = ?e, "offset commit could not be written")
+                }
             }
-        }
+            written
+        };
         let topics = plan
             .into_iter()
             .map(|(name, parts)| {
