@@ -252,6 +252,13 @@ pub struct MemberSnapshot {
     pub assignment: Bytes,
 }
 
+/// One group's stored state: (group id, committed offsets, membership).
+pub type GroupState = (
+    String,
+    Vec<((String, i32), Option<Committed>)>,
+    Option<GroupSnapshot>,
+);
+
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     config: GroupConfig,
@@ -352,15 +359,7 @@ impl Coordinator {
 
     /// The full state of every group stored in offsets-topic partition `partition`: what a
     /// compacted copy of that partition would hold.
-    pub fn state_of_partition(
-        &self,
-        partition: i32,
-        partitions: i32,
-    ) -> Vec<(
-        String,
-        Vec<((String, i32), Option<Committed>)>,
-        Option<GroupSnapshot>,
-    )> {
+    pub fn state_of_partition(&self, partition: i32, partitions: i32) -> Vec<GroupState> {
         let groups = self.groups.lock();
         let mut out: Vec<_> = groups
             .iter()
