@@ -24,6 +24,28 @@ fn time_index_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.timeindex"))
 }
 
+/// Opens (or creates) a segment's two indexes; `entries` as in [`OffsetIndex::open`].
+fn open_indexes(
+    dir: &Path,
+    base: i64,
+    cfg: &LogConfig,
+    entries: Option<usize>,
+) -> Result<(OffsetIndex, TimeIndex), StorageError> {
+    let offsets = OffsetIndex::open(
+        &index_path(dir, base),
+        base,
+        cfg.segment_index_bytes,
+        entries,
+    )?;
+    let times = TimeIndex::open(
+        &time_index_path(dir, base),
+        base,
+        cfg.segment_index_bytes,
+        entries,
+    )?;
+    Ok((offsets, times))
+}
+
 /// Base offsets of the segments in `dir`, from their `.log` file names, sorted.
 pub fn list(dir: &Path) -> Result<Vec<i64>, StorageError> {
     let mut bases = Vec::new();
@@ -104,18 +126,7 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .at(&path)?;
-        let offset_index = OffsetIndex::open(
-            &index_path(dir, base),
-            base,
-            cfg.segment_index_bytes,
-            Some(0),
-        )?;
-        let time_index = TimeIndex::open(
-            &time_index_path(dir, base),
-            base,
-            cfg.segment_index_bytes,
-            Some(0),
-        )?;
+        let (offset_index, time_index) = open_indexes(dir, base, cfg, Some(0))?;
         Ok(Self::assemble(
             base,
             path,
@@ -143,14 +154,7 @@ impl Segment {
     /// the next offset.
     pub fn open_clean(dir: &Path, base: i64, cfg: &LogConfig) -> Result<Self, StorageError> {
         let (path, file, size) = Self::open_files(dir, base)?;
-        let offset_index =
-            OffsetIndex::open(&index_path(dir, base), base, cfg.segment_index_bytes, None)?;
-        let time_index = TimeIndex::open(
-            &time_index_path(dir, base),
-            base,
-            cfg.segment_index_bytes,
-            None,
-        )?;
+        let (offset_index, time_index) = open_indexes(dir, base, cfg, None)?;
         let mut seg = Self::assemble(base, path, file, size, offset_index, time_index, cfg);
         if !seg.offset_index.is_sane(size) {
             tracing::warn!(segment = %seg.path.display(), "offset index failed its sanity check; rebuilding");
@@ -195,18 +199,7 @@ impl Segment {
         cfg: &LogConfig,
     ) -> Result<(Self, RecoveryOutcome), StorageError> {
         let (path, file, size) = Self::open_files(dir, base)?;
-        let offset_index = OffsetIndex::open(
-            &index_path(dir, base),
-            base,
-            cfg.segment_index_bytes,
-            Some(0),
-        )?;
-        let time_index = TimeIndex::open(
-            &time_index_path(dir, base),
-            base,
-            cfg.segment_index_bytes,
-            Some(0),
-        )?;
+        let (offset_index, time_index) = open_indexes(dir, base, cfg, Some(0))?;
         let mut seg = Self::assemble(base, path, file, 0, offset_index, time_index, cfg);
         let file = seg.file.clone();
         let mut reader = BufReader::with_capacity(1 << 20, file.as_ref());
