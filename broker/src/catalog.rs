@@ -46,8 +46,13 @@ impl Topic {
         self.partitions.read().len() as i32
     }
 
+    /// Kafka's internal topics: only the broker writes them. Other names starting with `__`
+    /// are ordinary topics, as in Kafka.
     pub fn is_internal(&self) -> bool {
-        self.name.starts_with("__")
+        matches!(
+            self.name.as_str(),
+            "__consumer_offsets" | "__transaction_state"
+        )
     }
 }
 

@@ -3983,3 +3983,25 @@ fn the_offsets_topic_is_compacted() {
         0
     );
 }
+
+/// Clients may not write Kafka's internal topics; other `__` names are ordinary topics.
+#[test]
+fn internal_topics_refuse_client_writes() {
+    let strom = Strom::start();
+    let mut c = Client::connect(strom.addr());
+    // FindCoordinator creates __consumer_offsets.
+    let resp = c.call(
+        3,
+        &FindCoordinatorRequest::default()
+            .with_key(sb("g"))
+            .with_key_type(0),
+    );
+    assert_eq!(resp.error_code, 0);
+    let p = produce_result(
+        &c.call(9, &produce_req("__consumer_offsets", 1, batch(&["forged"]))),
+        "__consumer_offsets",
+    );
+    assert_eq!(p.error_code, 17, "{:?}", p.error_message);
+    create_topic(strom.addr(), "__mine", 1, &[]);
+    assert_eq!(produce_ok(&mut c, "__mine", &["fine"]), 0);
+}
