@@ -53,7 +53,7 @@ impl Broker {
 
     /// The internal offsets topic, created on first use.
     pub fn offsets_topic(&self) -> Result<Arc<Topic>, ApiError> {
-        group::store::topic_with_segment(
+        group::store::topic(
             &self.catalog,
             self.config.offsets_topic_partitions,
             self.config.offsets_segment_bytes,
@@ -135,13 +135,9 @@ impl Broker {
             let start = p.log.log_end_offset();
             let mut ok = true;
             for (group, offsets, membership) in self.groups.state_of_partition(p.index, count) {
-                let written = match group::store::write(&self.catalog, count, &group, &offsets)
-                    .await
-                {
+                let written = match group::store::write(self, &group, &offsets).await {
                     Ok(()) => match &membership {
-                        Some(m) => {
-                            group::store::write_group(&self.catalog, count, &group, Some(m)).await
-                        }
+                        Some(m) => group::store::write_group(self, &group, Some(m)).await,
                         None => Ok(()),
                     },
                     Err(e) => Err(e),
@@ -169,11 +165,7 @@ impl Broker {
     /// Writes membership changes of the last tick to the offsets topic.
     pub async fn persist_groups(&self) {
         for (group, snapshot) in self.groups.take_dirty() {
-            let partitions = self.config.offsets_topic_partitions;
-            if let Err(e) =
-                group::store::write_group(&self.catalog, partitions, &group, snapshot.as_ref())
-                    .await
-            {
+            if let Err(e) = group::store::write_group(self, &group, snapshot.as_ref()).await {
                 tracing::warn!(group = %group, error = ?e, "could not store group metadata");
             }
         }
@@ -186,14 +178,7 @@ impl Broker {
             .expired_offsets(self.config.offsets_retention_ms)
         {
             let tombstones: Vec<_> = keys.into_iter().map(|k| (k, None)).collect();
-            match group::store::write(
-                &self.catalog,
-                self.config.offsets_topic_partitions,
-                &group,
-                &tombstones,
-            )
-            .await
-            {
+            match group::store::write(self, &group, &tombstones).await {
                 Ok(()) => {
                     tracing::info!(group = %group, offsets = tombstones.len(), "expired committed offsets");
                     self.groups.apply_commits(&group, &tombstones);

@@ -104,21 +104,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(), StorageError> {
-    let io = |source| StorageError::Io {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Io {
         path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let text = serde_json::to_vec_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        strom_storage::checkpoint_sync_dir(parent)?;
-    }
-    Ok(())
+        source: std::io::Error::other(e),
+    })?;
+    strom_storage::write_atomic(path, &text)
 }
 
 impl Catalog {

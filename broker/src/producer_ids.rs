@@ -40,20 +40,7 @@ impl ProducerIds {
     }
 
     fn persist(&self, end: i64) -> Result<(), StorageError> {
-        let io = |source| StorageError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{end}\n")).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            strom_storage::checkpoint_sync_dir(dir)?;
-        }
-        Ok(())
+        strom_storage::write_atomic(&self.path, format!("{end}\n").as_bytes())
     }
 }
 

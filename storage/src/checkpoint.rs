@@ -28,15 +28,26 @@ pub fn read(dir: &Path) -> Checkpoint {
     }
 }
 
-/// Writes the checkpoint atomically (write, fsync, rename, fsync the directory).
+/// Writes the checkpoint atomically.
 pub fn write(dir: &Path, cp: Checkpoint) -> Result<(), StorageError> {
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-    let path = dir.join(FILE_NAME);
+    let text = format!("v1 {} {}\n", cp.log_start_offset, cp.recovery_point);
+    write_atomic(&dir.join(FILE_NAME), text.as_bytes())
+}
+
+/// Replaces `path` with `contents` so that a crash leaves either the old or the new file:
+/// write a temporary file, fsync it, rename it over `path`, fsync the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), StorageError> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-    writeln!(f, "v1 {} {}", cp.log_start_offset, cp.recovery_point).at(&tmp)?;
+    f.write_all(contents).at(&tmp)?;
     f.sync_data().at(&tmp)?;
-    std::fs::rename(&tmp, &path).at(&path)?;
-    sync_dir(dir)
+    std::fs::rename(&tmp, path).at(path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
 }
 
 /// Makes a directory's entries (created, renamed or removed files) durable.

@@ -15,7 +15,7 @@ pub mod log;
 pub mod producer_state;
 pub mod segment;
 
-pub use checkpoint::sync_dir as checkpoint_sync_dir;
+pub use checkpoint::write_atomic;
 pub use config::{LogConfig, TimestampType};
 pub use error::StorageError;
 pub use flush::Flusher;

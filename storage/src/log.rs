@@ -642,8 +642,7 @@ impl Log {
             }
             inner
                 .producers
-                .write_snapshot(&self.dir, inner.next_offset)
-                .at(&self.dir)?;
+                .write_snapshot(&self.dir, inner.next_offset)?;
         }
         self.write_checkpoint()
     }

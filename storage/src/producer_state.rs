@@ -176,30 +176,28 @@ impl ProducerState {
     }
 
     /// Writes the state as of `next_offset`, so a clean restart need not rescan the log.
-    pub fn write_snapshot(&self, dir: &Path, next_offset: i64) -> std::io::Result<()> {
-        let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        writeln!(out, "v1 {next_offset} {}", self.producers.len())?;
+    pub fn write_snapshot(&self, dir: &Path, next_offset: i64) -> Result<(), crate::StorageError> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, "v1 {next_offset} {}", self.producers.len());
         for (pid, e) in &self.producers {
-            write!(
+            let _ = write!(
                 out,
                 "{pid} {} {} {}",
                 e.epoch,
                 e.last_timestamp,
                 e.batches.len()
-            )?;
+            );
             for b in &e.batches {
-                write!(
+                let _ = write!(
                     out,
                     " {} {} {} {}",
                     b.first_seq, b.last_seq, b.first_offset, b.last_offset
-                )?;
+                );
             }
-            writeln!(out)?;
+            let _ = writeln!(out);
         }
-        let f = out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, dir.join(SNAPSHOT))
+        crate::checkpoint::write_atomic(&dir.join(SNAPSHOT), &out)
     }
 
     /// Loads a snapshot taken at exactly `next_offset`; anything else (missing, stale,

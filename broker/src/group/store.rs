@@ -12,6 +12,7 @@ use strom_protocol::codec::Codec;
 use strom_protocol::records::{self, KeyValue};
 
 use super::{Committed, GroupSnapshot, MemberSnapshot};
+use crate::broker::Broker;
 use crate::catalog::{Catalog, Topic};
 use crate::error::ApiError;
 
@@ -230,13 +231,9 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
     })
 }
 
-/// The offsets topic, created on first use.
-pub fn topic(catalog: &Catalog, partitions: i32) -> Result<Arc<Topic>, ApiError> {
-    topic_with_segment(catalog, partitions, 104_857_600)
-}
-
-/// The offsets topic with a given segment size (`offsets.topic.segment.bytes`).
-pub fn topic_with_segment(
+/// The offsets topic, created on first use with `partitions` partitions and
+/// `offsets.topic.segment.bytes` segments.
+pub fn topic(
     catalog: &Catalog,
     partitions: i32,
     segment_bytes: u64,
@@ -258,8 +255,7 @@ pub fn topic_with_segment(
 /// Appends one group's commit or delete records and waits until they are as durable as an
 /// acks=all produce.
 pub async fn write(
-    catalog: &Catalog,
-    partitions: i32,
+    broker: &Broker,
     group: &str,
     records: &[((String, i32), Option<Committed>)],
 ) -> Result<(), ApiError> {
@@ -267,19 +263,17 @@ pub async fn write(
         .iter()
         .map(|((t, p), v)| (encode_key(group, t, *p), v.as_ref().map(encode_value)))
         .collect();
-    append(catalog, partitions, group, encoded).await
+    append(broker, group, encoded).await
 }
 
 /// Stores a group's membership after a rebalance (`None` deletes the group).
 pub async fn write_group(
-    catalog: &Catalog,
-    partitions: i32,
+    broker: &Broker,
     group: &str,
     snapshot: Option<&GroupSnapshot>,
 ) -> Result<(), ApiError> {
     append(
-        catalog,
-        partitions,
+        broker,
         group,
         vec![(encode_group_key(group), snapshot.map(encode_group_value))],
     )
@@ -287,15 +281,14 @@ pub async fn write_group(
 }
 
 async fn append(
-    catalog: &Catalog,
-    partitions: i32,
+    broker: &Broker,
     group: &str,
     encoded: Vec<(Bytes, Option<Bytes>)>,
 ) -> Result<(), ApiError> {
     if encoded.is_empty() {
         return Ok(());
     }
-    let topic = topic(catalog, partitions)?;
+    let topic = broker.offsets_topic()?;
     let partition = topic
         .partition(partition_for(group, topic.partition_count()))
         .ok_or(ResponseError::CoordinatorNotAvailable)?;

@@ -20,14 +20,7 @@ pub fn handle(
             let code = match broker.groups.delete(id.as_str()) {
                 Ok(keys) => {
                     let tombstones: Vec<_> = keys.into_iter().map(|k| (k, None)).collect();
-                    match store::write(
-                        &broker.catalog,
-                        broker.config.offsets_topic_partitions,
-                        id.as_str(),
-                        &tombstones,
-                    )
-                    .await
-                    {
+                    match store::write(&broker, id.as_str(), &tombstones).await {
                         Ok(()) => 0,
                         Err(e) => e.code(),
                     }

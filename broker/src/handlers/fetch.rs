@@ -156,10 +156,9 @@ fn read_all(
                         }
                         ApiError::from(e)
                     })
-                    .map(|r| (r, p.log.log_start_offset()))
             });
             match result {
-                Ok((r, _)) => {
+                Ok(r) => {
                     total += r.data.len();
                     out = out
                         .with_high_watermark(r.high_watermark)

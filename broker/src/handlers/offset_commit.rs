@@ -87,13 +87,7 @@ pub fn handle(
             .collect();
         let written = {
             let _gate = broker.offsets_gate.read().await;
-            let written = store::write(
-                &broker.catalog,
-                broker.config.offsets_topic_partitions,
-                &group,
-                &records,
-            )
-            .await;
+            let written = store::write(&broker, &group, &records).await;
             match &written {
                 Ok(()) => broker.groups.apply_commits(&group, &records),
                 Err(e) => {

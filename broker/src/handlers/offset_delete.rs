@@ -50,14 +50,7 @@ pub fn handle(
                     .with_partitions(partitions),
             );
         }
-        if let Err(e) = store::write(
-            &broker.catalog,
-            broker.config.offsets_topic_partitions,
-            &group,
-            &tombstones,
-        )
-        .await
-        {
+        if let Err(e) = store::write(&broker, &group, &tombstones).await {
             return OffsetDeleteResponse::default().with_error_code(e.code());
         }
         broker.groups.apply_commits(&group, &tombstones);
