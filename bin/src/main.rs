@@ -12,6 +12,8 @@ use strom_broker::config::{self, BrokerConfig};
 use strom_broker::server::Server;
 use strom_broker::Broker;
 
+mod dev_cluster;
+
 #[derive(Parser)]
 #[command(
     name = "strom",
@@ -30,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run a broker (the default).
     Serve(ServeArgs),
+    /// Run a local cluster of combined broker+controller nodes on loopback; Ctrl-C stops it.
+    DevCluster(dev_cluster::DevClusterArgs),
 }
 
 #[derive(Args, Default)]
@@ -80,7 +84,7 @@ impl ServeArgs {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -134,20 +138,25 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let data_dir = config.log_dir.clone();
-    let broker = match tokio::task::spawn_blocking(move || Broker::open(config)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+    let broker = match Broker::start(config).await {
+        Ok(b) => b,
+        Err(e) => {
             eprintln!(
-                "strom: cannot open data directory {}: {e}",
+                "strom: cannot start with data directory {}: {e}",
                 data_dir.display()
             );
             return ExitCode::from(1);
         }
-        Err(e) => {
-            eprintln!("strom: start-up task failed: {e}");
-            return ExitCode::from(1);
-        }
     };
+    let background = tokio::spawn(Arc::clone(&broker).run_background());
+    tokio::select! {
+        _ = broker.wait_ready() => {}
+        _ = shutdown_signal() => {
+            tracing::info!("stopped before joining the cluster");
+            background.abort();
+            return ExitCode::SUCCESS;
+        }
+    }
     let server = match Server::bind(broker.clone()).await {
         Ok(s) => s,
         Err(e) => {
@@ -163,20 +172,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node_id = broker.node_id(),
-        cluster_id = %broker.catalog.cluster_id,
+        cluster_id = %broker.cluster_id(),
         listener = %server.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         advertised = %format!("{}:{}", adv.host, adv.port),
         data_dir = %broker.config.log_dir.display(),
+        voters = broker.config.cluster.voters.len().max(1),
+        controller = ?broker.quorum.leader(),
         topics = broker.catalog.all().len(),
         startup_ms = started.elapsed().as_millis() as u64,
         "strom is ready"
     );
-    let background = tokio::spawn(Arc::clone(&broker).run_background());
-    server.run(shutdown_signal()).await;
+    let stopping = broker.clone();
+    server
+        .run(async move {
+            shutdown_signal().await;
+            // Leadership moves away while this node still answers, so clients fail over
+            // without waiting for a session timeout.
+            stopping.controlled_shutdown().await;
+        })
+        .await;
     // Membership changes of the last moments, so that groups resume after the restart (the
     // flusher in the background task must still run for these writes).
     broker.persist_groups().await;
     background.abort();
+    broker.quorum.shutdown().await;
     tracing::info!("flushing and closing logs");
     match tokio::task::spawn_blocking(move || broker.close()).await {
         Ok(Ok(())) => {
@@ -200,6 +219,7 @@ async fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::DevCluster(args)) => dev_cluster::run(args, shutdown_signal()).await,
         None => serve(cli.serve).await,
     }
 }

@@ -1,63 +1,127 @@
-//! The broker: configuration, catalog and shared services, plus the background housekeeping
-//! (retention, time-based flushes, recovery-point checkpoints).
+//! The broker: configuration, catalog, metadata quorum and shared services, plus the
+//! background housekeeping (retention, time-based flushes, recovery-point checkpoints).
 
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
+use strom_raft::{Quorum, QuorumConfig, QuorumError};
 use strom_storage::{Flusher, StorageError};
+use tokio::sync::watch;
 
 use crate::catalog::{Catalog, Topic};
 use crate::config::BrokerConfig;
 use crate::error::ApiError;
+use crate::fetcher::Fetchers;
 use crate::group::{self, Coordinator};
 use crate::producer_ids::ProducerIds;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open data directory: {0}")]
+    Storage(#[from] StorageError),
+    #[error("metadata quorum: {0}")]
+    Quorum(#[from] QuorumError),
+}
 
 pub struct Broker {
     pub config: Arc<BrokerConfig>,
     pub catalog: Catalog,
+    pub quorum: Arc<Quorum>,
     pub producer_ids: ProducerIds,
     pub flusher: Arc<Flusher>,
     pub groups: Arc<Coordinator>,
+    pub fetchers: Fetchers,
     /// Commits hold it shared from write to apply; compaction of the offsets topic holds it
     /// exclusively, so that no commit falls between its snapshot and the records it drops.
     pub offsets_gate: tokio::sync::RwLock<()>,
+    /// The metadata offset the catalog has been reconciled with.
+    pub(crate) reconciled: watch::Sender<u64>,
+    /// Whether the controller has this broker fenced (starts fenced, as in Kafka).
+    pub(crate) fenced: watch::Sender<bool>,
+    pub(crate) shutting_down: AtomicBool,
+    /// Offsets-topic partitions this node leads and has loaded: it coordinates their groups.
+    pub(crate) coordinating: RwLock<HashSet<i32>>,
 }
 
 impl Broker {
-    /// Opens the data directory (recovering logs if the last run crashed).
-    pub fn open(config: BrokerConfig) -> Result<Arc<Self>, StorageError> {
+    /// Opens the data directory and joins the metadata quorum. Logs are opened (and
+    /// recovered after a crash) as the metadata assigns them.
+    pub async fn start(config: BrokerConfig) -> Result<Arc<Self>, StartError> {
         let config = Arc::new(config);
-        std::fs::create_dir_all(&config.log_dir).map_err(|source| StorageError::Io {
-            path: config.log_dir.clone(),
-            source,
-        })?;
         let flusher = Flusher::new();
-        let catalog = Catalog::open(config.clone(), flusher.clone())?;
-        let producer_ids =
-            ProducerIds::open(config.log_dir.join("strom-meta").join("producer-ids"))?;
+        let catalog = {
+            let (config, flusher) = (config.clone(), flusher.clone());
+            tokio::task::spawn_blocking(move || Catalog::open(config, flusher))
+                .await
+                .map_err(|e| StorageError::Offline(e.to_string()))??
+        };
+        let c = &config.cluster;
+        let quorum = Quorum::start(QuorumConfig {
+            node_id: config.node_id.max(0) as u64,
+            voters: c.voters.clone(),
+            dir: config.log_dir.join("strom-raft"),
+            listen: c.controller_listener.as_ref().and_then(|l| {
+                let host = if l.host.is_empty() {
+                    "0.0.0.0"
+                } else {
+                    &l.host
+                };
+                format!("{host}:{}", l.port).parse().ok()
+            }),
+            bind_ip: config.listener.host.parse::<IpAddr>().ok(),
+            election_timeout_ms: c.election_timeout_ms,
+            heartbeat_ms: (c.election_timeout_ms / 5).max(10),
+            session_timeout_ms: c.session_timeout_ms,
+            snapshot_every: c.snapshot_every,
+            auto_leader_rebalance: c.auto_leader_rebalance,
+            imbalance_check_ms: c.imbalance_check_ms,
+            propose_timeout_ms: 10_000,
+        })
+        .await?;
         let groups = Coordinator::new(config.group);
-        groups.load(group::store::load(&catalog));
-        Ok(Arc::new(Self {
+        let broker = Arc::new(Self {
             config,
             catalog,
-            producer_ids,
+            quorum,
+            producer_ids: ProducerIds::default(),
             flusher,
             groups,
+            fetchers: Fetchers::default(),
             offsets_gate: tokio::sync::RwLock::new(()),
-        }))
+            reconciled: watch::Sender::new(0),
+            fenced: watch::Sender::new(true),
+            shutting_down: AtomicBool::new(false),
+            coordinating: RwLock::new(HashSet::new()),
+        });
+        broker.start_cluster_tasks();
+        Ok(broker)
     }
 
     pub fn node_id(&self) -> i32 {
         self.config.node_id
     }
 
-    /// The internal offsets topic, created on first use.
+    pub fn cluster_id(&self) -> String {
+        self.catalog.cluster_id()
+    }
+
+    /// The internal offsets topic, if it exists yet.
     pub fn offsets_topic(&self) -> Result<Arc<Topic>, ApiError> {
-        group::store::topic(
-            &self.catalog,
-            self.config.offsets_topic_partitions,
-            self.config.offsets_segment_bytes,
-        )
+        self.catalog
+            .get(group::store::TOPIC)
+            .ok_or_else(|| kafka_protocol::error::ResponseError::CoordinatorNotAvailable.into())
+    }
+
+    /// Waits until the catalog reflects metadata offset `offset` (or the timeout passes).
+    pub async fn wait_reconciled(&self, offset: u64, timeout: Duration) -> bool {
+        let mut rx = self.reconciled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|o| *o >= offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Runs the flusher and the periodic tasks until the future is dropped.
@@ -95,6 +159,7 @@ impl Broker {
                     for log in self.catalog.logs() {
                         log.flush_if_due();
                     }
+                    self.shrink_lagging_isrs();
                 }
                 _ = group_tick.tick() => {
                     self.groups.tick();
@@ -126,9 +191,8 @@ impl Broker {
         };
         let count = topic.partition_count();
         let threshold = self.config.offsets_segment_bytes;
-        let partitions = topic.partitions.read().clone();
-        for p in partitions {
-            if p.log.size_bytes() < threshold {
+        for p in topic.local_partitions() {
+            if p.log.size_bytes() < threshold || !p.is_leader() {
                 continue;
             }
             let _gate = self.offsets_gate.write().await;
@@ -149,7 +213,7 @@ impl Broker {
                 }
             }
             let end = p.log.log_end_offset();
-            if ok && p.log.wait_flushed(end).await.is_ok() {
+            if ok && p.log.wait_flushed(end).await.is_ok() && p.log.high_watermark() >= end {
                 match p.log.delete_records(start) {
                     Ok(low) => {
                         tracing::info!(log = p.log.name(), low, "compacted committed offsets")
@@ -198,6 +262,7 @@ impl Broker {
 
     /// Flushes and closes every log and marks the shutdown clean.
     pub fn close(&self) -> Result<(), StorageError> {
+        self.fetchers.stop_all();
         self.catalog.close()
     }
 }

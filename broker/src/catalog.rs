@@ -1,80 +1,99 @@
-//! The topic catalog of a single node: topics with stable ids, their partitions' logs, topic
-//! config overrides and dynamic broker configs, persisted as small JSON files under
-//! `<log.dirs>/strom-meta/` (the cluster issue moves this state into the Raft quorum).
+//! The local view of the topic metadata: topics with stable ids (from the metadata quorum),
+//! and the partition replicas this node hosts with their logs. [`Catalog::reconcile`] brings
+//! it in line with each new metadata image: it opens logs for new replicas, applies leader and
+//! ISR changes, resolves configs, and removes what was deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
-use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
+use parking_lot::RwLock;
+use strom_raft::{MetadataImage, TopicImage};
 use strom_storage::{Flusher, Log, StorageError};
 use uuid::Uuid;
 
 use crate::config::{self, BrokerConfig};
 use crate::error::ApiError;
+pub use crate::partition::{Partition, Transition};
 
 /// Marker written at clean shutdown; its absence at start means logs need recovery.
 const CLEAN_SHUTDOWN: &str = ".strom-clean-shutdown";
-const META_DIR: &str = "strom-meta";
 const MAX_TOPIC_NAME: usize = 249;
-
-/// One partition on this node (always its leader on a single node).
-pub struct Partition {
-    pub index: i32,
-    pub log: Arc<Log>,
-    pub leader_epoch: i32,
-}
 
 pub struct Topic {
     pub name: String,
     pub id: Uuid,
-    pub partitions: RwLock<Vec<Arc<Partition>>>,
-    /// Topic-level config overrides (only keys that were set).
-    pub configs: RwLock<BTreeMap<String, String>>,
+    image: RwLock<Arc<TopicImage>>,
+    /// The replicas hosted here, by partition index.
+    local: RwLock<BTreeMap<i32, Arc<Partition>>>,
 }
 
 impl Topic {
+    /// This node's replica of partition `index`, if it hosts one.
     pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.partitions.read().get(i).cloned())
+        self.local.read().get(&index).cloned()
+    }
+
+    /// Every replica hosted here.
+    pub fn local_partitions(&self) -> Vec<Arc<Partition>> {
+        self.local.read().values().cloned().collect()
     }
 
     pub fn partition_count(&self) -> i32 {
-        self.partitions.read().len() as i32
+        self.image.read().partitions.len() as i32
+    }
+
+    pub fn image(&self) -> Arc<TopicImage> {
+        self.image.read().clone()
+    }
+
+    /// Topic-level config overrides (only keys that were set).
+    pub fn configs(&self) -> BTreeMap<String, String> {
+        self.image.read().configs.clone()
     }
 
     /// Kafka's internal topics: only the broker writes them. Other names starting with `__`
     /// are ordinary topics, as in Kafka.
     pub fn is_internal(&self) -> bool {
-        matches!(
-            self.name.as_str(),
-            "__consumer_offsets" | "__transaction_state"
-        )
+        is_internal(&self.name)
+    }
+
+    /// A partition index that exists in the metadata (hosted here or not).
+    pub fn has_partition(&self, index: i32) -> bool {
+        index >= 0 && index < self.partition_count()
+    }
+
+    /// This node's replica of `index` when it is the leader; the Kafka error otherwise.
+    pub fn leader_partition(&self, index: i32) -> Result<Arc<Partition>, ApiError> {
+        match self.partition(index) {
+            Some(p) => {
+                p.leader_state()?;
+                Ok(p)
+            }
+            None if self.has_partition(index) => Err(ResponseError::NotLeaderOrFollower.into()),
+            None => Err(ResponseError::UnknownTopicOrPartition.into()),
+        }
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct TopicRecord {
-    name: String,
-    id: Uuid,
-    partitions: i32,
-    configs: BTreeMap<String, String>,
+pub fn is_internal(name: &str) -> bool {
+    matches!(name, "__consumer_offsets" | "__transaction_state")
 }
 
 pub struct Catalog {
     broker: Arc<BrokerConfig>,
-    meta_dir: PathBuf,
     flusher: Arc<Flusher>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     by_id: RwLock<HashMap<Uuid, Arc<Topic>>>,
-    /// Broker-scope configs set at runtime (IncrementalAlterConfigs), persisted.
+    /// Cluster-wide dynamic broker configs, from the metadata.
     dynamic: RwLock<BTreeMap<String, String>>,
-    /// Serialises create, delete and repartition so two requests never race on one topic.
-    admin: Mutex<()>,
-    pub cluster_id: String,
+    /// Logs from the previous run were closed cleanly (no recovery scan needed).
+    clean: bool,
+    /// The cluster id this data directory belongs to (from meta.properties or the metadata).
+    cluster_id: RwLock<String>,
+    /// Identifies this data directory: a wiped disk behind the same node id is a new incarnation.
+    pub incarnation: Uuid,
 }
 
 /// Checks a topic name the way Kafka does.
@@ -103,160 +122,87 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(), StorageError> {
-    let text = serde_json::to_vec_pretty(value).map_err(|e| StorageError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    strom_storage::write_atomic(path, &text)
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { path, source }
 }
 
 impl Catalog {
-    /// Loads every topic and opens its partition logs, recovering them when the previous run
-    /// did not shut down cleanly.
+    /// Reads the data directory's identity and whether the last run shut down cleanly. Topics
+    /// arrive with the first metadata image.
     pub fn open(broker: Arc<BrokerConfig>, flusher: Arc<Flusher>) -> Result<Self, StorageError> {
         let root = broker.log_dir.clone();
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StorageError::Io { path, source }
-        };
-        let meta_dir = root.join(META_DIR);
-        // A brand-new data directory has nothing to recover.
-        let fresh = !meta_dir.exists();
-        std::fs::create_dir_all(meta_dir.join("topics")).map_err(io(&meta_dir))?;
-        let cluster_id = Self::load_cluster_id(&root, broker.node_id)?;
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let props_path = root.join("meta.properties");
+        let fresh = !props_path.exists();
+        let mut props = std::fs::read_to_string(&props_path)
+            .map(|t| config::parse_properties(&t))
+            .unwrap_or_default();
+        let cluster_id = props
+            .get("cluster.id")
+            .cloned()
+            .or_else(|| broker.cluster.cluster_id.clone())
+            .unwrap_or_else(|| base64_url(Uuid::new_v4().as_bytes()));
+        let incarnation = props
+            .get("directory.id")
+            .and_then(|d| Uuid::parse_str(d).ok())
+            .unwrap_or_else(Uuid::new_v4);
+        if let Some(id) = props.get("node.id") {
+            if id.parse::<i32>().ok() != Some(broker.node_id) {
+                return Err(StorageError::Io {
+                    path: props_path,
+                    source: std::io::Error::other(format!(
+                        "this data directory belongs to node.id {id}, not {}; point log.dirs elsewhere or fix node.id",
+                        broker.node_id
+                    )),
+                });
+            }
+        }
+        props.insert("cluster.id".into(), cluster_id.clone());
+        props.insert("directory.id".into(), incarnation.to_string());
+        write_props(&props_path, broker.node_id, &props)?;
         let marker = root.join(CLEAN_SHUTDOWN);
         let clean = fresh || marker.exists();
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(io(&marker))?;
         }
         if !clean {
-            tracing::info!(dir = %root.display(), "no clean-shutdown marker: recovering logs");
+            tracing::info!(dir = %root.display(), "no clean-shutdown marker: logs will be recovered");
         }
-        let dynamic: BTreeMap<String, String> = std::fs::read(meta_dir.join("broker-configs.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let catalog = Self {
+        Ok(Self {
             broker,
-            meta_dir,
             flusher,
             topics: RwLock::new(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
-            dynamic: RwLock::new(dynamic),
-            admin: Mutex::new(()),
-            cluster_id,
-        };
-        let topics_dir = catalog.meta_dir.join("topics");
-        for entry in std::fs::read_dir(&topics_dir).map_err(io(&topics_dir))? {
-            let path = entry.map_err(io(&topics_dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let record: TopicRecord = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(file = %path.display(), error = %e, "unreadable topic record; topic skipped (fix or remove the file)");
-                    continue;
-                }
-            };
-            let topic = catalog.open_topic(
-                record.name,
-                record.id,
-                record.partitions,
-                record.configs,
-                clean,
-            )?;
-            catalog.insert(topic);
-        }
-        Ok(catalog)
+            dynamic: RwLock::new(BTreeMap::new()),
+            clean,
+            cluster_id: RwLock::new(cluster_id),
+            incarnation,
+        })
     }
 
-    fn load_cluster_id(root: &Path, node_id: i32) -> Result<String, StorageError> {
-        let path = root.join("meta.properties");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let props = config::parse_properties(&text);
-            if let Some(id) = props.get("cluster.id") {
-                return Ok(id.clone());
-            }
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.read().clone()
+    }
+
+    /// Adopts the cluster id the metadata carries, recording it in meta.properties.
+    pub fn set_cluster_id(&self, id: &str) {
+        if id.is_empty() || *self.cluster_id.read() == id {
+            return;
         }
-        // Kafka's cluster ids are 16 random bytes in URL-safe base64 without padding.
-        let id = base64_url(Uuid::new_v4().as_bytes());
-        let text = format!("version=1\ncluster.id={id}\nnode.id={node_id}\n");
-        std::fs::write(&path, text).map_err(|source| StorageError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(id)
+        *self.cluster_id.write() = id.to_owned();
+        let path = self.broker.log_dir.join("meta.properties");
+        let mut props = std::fs::read_to_string(&path)
+            .map(|t| config::parse_properties(&t))
+            .unwrap_or_default();
+        props.insert("cluster.id".into(), id.to_owned());
+        if let Err(e) = write_props(&path, self.broker.node_id, &props) {
+            tracing::warn!(error = %e, "could not record the cluster id");
+        }
     }
 
     fn partition_dir(&self, topic: &str, index: i32) -> PathBuf {
         self.broker.log_dir.join(format!("{topic}-{index}"))
-    }
-
-    fn open_partition(
-        &self,
-        topic: &str,
-        index: i32,
-        configs: &BTreeMap<String, String>,
-        clean: bool,
-    ) -> Result<Arc<Partition>, StorageError> {
-        let cfg = config::log_config(&self.broker, &self.dynamic.read(), configs);
-        let log = Log::open(
-            &self.partition_dir(topic, index),
-            format!("{topic}-{index}"),
-            cfg,
-            self.flusher.clone(),
-            clean,
-        )?;
-        Ok(Arc::new(Partition {
-            index,
-            log,
-            leader_epoch: 0,
-        }))
-    }
-
-    fn open_topic(
-        &self,
-        name: String,
-        id: Uuid,
-        partitions: i32,
-        configs: BTreeMap<String, String>,
-        clean: bool,
-    ) -> Result<Arc<Topic>, StorageError> {
-        let parts = (0..partitions)
-            .map(|i| self.open_partition(&name, i, &configs, clean))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Topic {
-            name,
-            id,
-            partitions: RwLock::new(parts),
-            configs: RwLock::new(configs),
-        }))
-    }
-
-    fn insert(&self, topic: Arc<Topic>) {
-        self.by_id.write().insert(topic.id, topic.clone());
-        self.topics.write().insert(topic.name.clone(), topic);
-    }
-
-    fn persist(&self, topic: &Topic) -> Result<(), StorageError> {
-        let record = TopicRecord {
-            name: topic.name.clone(),
-            id: topic.id,
-            partitions: topic.partition_count(),
-            configs: topic.configs.read().clone(),
-        };
-        write_json_atomic(
-            &self
-                .meta_dir
-                .join("topics")
-                .join(format!("{}.json", topic.name)),
-            &record,
-        )
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -282,219 +228,150 @@ impl Catalog {
         self.dynamic.read().clone()
     }
 
-    /// Validates a creation request without side effects; returns the partition count.
-    pub fn check_create(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication: i16,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<i32, ApiError> {
-        validate_topic_name(name)?;
-        let partitions = if partitions == -1 {
-            self.broker.num_partitions
-        } else {
-            partitions
-        };
-        if partitions <= 0 {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!("number of partitions must be larger than 0, got {partitions}"),
-            ));
+    /// Brings the local state in line with `image`; returns the replicas whose role or ISR
+    /// changed. Runs on a blocking thread (it opens and deletes logs).
+    pub fn reconcile(&self, image: &MetadataImage) -> Vec<(Arc<Partition>, Transition)> {
+        let me = self.broker.node_id;
+        let mut changes = Vec::new();
+        let dynamic_changed = *self.dynamic.read() != image.broker_configs;
+        if dynamic_changed {
+            *self.dynamic.write() = image.broker_configs.clone();
         }
-        let replication = if replication == -1 {
-            self.broker.default_replication_factor
-        } else {
-            replication
-        };
-        if replication <= 0 {
-            return Err(ApiError::new(
-                ResponseError::InvalidReplicationFactor,
-                "replication factor must be larger than 0",
-            ));
-        }
-        if replication > 1 {
-            return Err(ApiError::new(ResponseError::InvalidReplicationFactor, format!("replication factor {replication} is larger than the number of available brokers (1)")));
-        }
-        for (k, v) in configs {
-            config::validate_topic_config(k, v)
-                .map_err(|e| ApiError::new(ResponseError::InvalidConfig, e.to_string()))?;
-        }
-        let topics = self.topics.read();
-        if topics.contains_key(name) {
-            return Err(ApiError::new(
-                ResponseError::TopicAlreadyExists,
-                format!("topic '{name}' already exists"),
-            ));
-        }
-        let collides = |a: &str| a.replace('.', "_");
-        if let Some(other) = topics.keys().find(|t| collides(t) == collides(name)) {
-            return Err(ApiError::new(ResponseError::InvalidTopicException, format!("topic '{name}' collides with existing topic '{other}' ('.' and '_' are interchangeable in metric names)")));
-        }
-        Ok(partitions)
-    }
-
-    /// Creates a topic with `partitions` partitions (-1: `num.partitions`).
-    pub fn create(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication: i16,
-        configs: BTreeMap<String, String>,
-    ) -> Result<Arc<Topic>, ApiError> {
-        let _guard = self.admin.lock();
-        let partitions = self.check_create(name, partitions, replication, &configs)?;
-        let topic = self
-            .open_topic(name.to_owned(), Uuid::new_v4(), partitions, configs, true)
-            .and_then(|t| self.persist(&t).map(|()| t))
-            .map_err(|e| {
-                tracing::error!(topic = name, error = %e, "could not create topic");
-                ApiError::from(e)
-            })?;
-        tracing::info!(topic = name, partitions, id = %topic.id, "created topic");
-        self.insert(topic.clone());
-        Ok(topic)
-    }
-
-    /// Returns the topic, creating it with broker defaults when auto-creation is on.
-    pub fn get_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, ApiError> {
-        if let Some(t) = self.get(name) {
-            return Ok(t);
-        }
-        if !self.broker.auto_create_topics {
-            return Err(ResponseError::UnknownTopicOrPartition.into());
-        }
-        match self.create(name, -1, -1, BTreeMap::new()) {
-            Err(e) if e.code == ResponseError::TopicAlreadyExists => self
-                .get(name)
-                .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
-            other => other,
-        }
-    }
-
-    /// Deletes a topic: it disappears at once and its directories are removed in the background.
-    pub fn delete(&self, topic: &Arc<Topic>) -> Result<(), ApiError> {
-        if !self.broker.delete_topic_enable {
-            return Err(ApiError::new(
-                ResponseError::TopicDeletionDisabled,
-                "delete.topic.enable is false",
-            ));
-        }
-        let _guard = self.admin.lock();
-        if self.topics.write().remove(&topic.name).is_none() {
-            return Err(ResponseError::UnknownTopicOrPartition.into());
-        }
-        self.by_id.write().remove(&topic.id);
-        let record = self
-            .meta_dir
-            .join("topics")
-            .join(format!("{}.json", topic.name));
-        if let Err(e) = std::fs::remove_file(&record) {
-            tracing::error!(file = %record.display(), error = %e, "could not remove topic record");
-        }
-        for p in topic.partitions.read().iter() {
-            let dir = p.log.dir().to_path_buf();
-            let doomed = dir.with_file_name(format!(
-                "{}.{}-delete",
-                dir.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                topic.id.simple()
-            ));
-            match std::fs::rename(&dir, &doomed) {
-                Ok(()) => {
-                    std::thread::spawn(move || {
-                        if let Err(e) = std::fs::remove_dir_all(&doomed) {
-                            tracing::warn!(dir = %doomed.display(), error = %e, "could not remove deleted partition");
-                        }
+        for t in image.topics.values() {
+            let topic = match self.get(&t.name) {
+                Some(existing) if existing.id == t.id => existing,
+                other => {
+                    if let Some(stale) = other {
+                        // Deleted and re-created while this node was away.
+                        self.remove_topic(&stale);
+                    }
+                    let topic = Arc::new(Topic {
+                        name: t.name.clone(),
+                        id: t.id,
+                        image: RwLock::new(t.clone()),
+                        local: RwLock::new(BTreeMap::new()),
                     });
+                    self.by_id.write().insert(t.id, topic.clone());
+                    self.topics.write().insert(t.name.clone(), topic.clone());
+                    tracing::info!(topic = %t.name, id = %t.id, partitions = t.partitions.len(), "topic added");
+                    topic
                 }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "could not move deleted partition aside")
+            };
+            let configs_changed = topic.image.read().configs != t.configs;
+            *topic.image.write() = t.clone();
+            let cfg = config::log_config(&self.broker, &image.broker_configs, &t.configs);
+            for (i, state) in t.partitions.iter().enumerate() {
+                let index = i as i32;
+                let hosted = topic.partition(index);
+                if !state.replicas.contains(&me) {
+                    if let Some(p) = hosted {
+                        topic.local.write().remove(&index);
+                        self.remove_partition_dir(&p, t.id);
+                    }
+                    continue;
+                }
+                let partition = match hosted {
+                    Some(p) => {
+                        if configs_changed || dynamic_changed {
+                            p.log.set_config(cfg.clone());
+                        }
+                        p
+                    }
+                    None => {
+                        let dir = self.partition_dir(&t.name, index);
+                        let clean = self.clean || !dir.exists();
+                        match Log::open(
+                            &dir,
+                            format!("{}-{index}", t.name),
+                            cfg.clone(),
+                            self.flusher.clone(),
+                            clean,
+                        ) {
+                            Ok(log) => {
+                                let p = Arc::new(Partition::new(t.name.clone(), index, log, me));
+                                topic.local.write().insert(index, p.clone());
+                                p
+                            }
+                            Err(e) => {
+                                tracing::error!(topic = %t.name, partition = index, error = %e, "cannot open partition log; the replica stays offline");
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let transition = partition.apply(state);
+                if transition != Transition::Unchanged {
+                    changes.push((partition, transition));
                 }
             }
         }
+        let gone: Vec<Arc<Topic>> = self
+            .topics
+            .read()
+            .values()
+            .filter(|t| image.topics.get(&t.name).is_none_or(|i| i.id != t.id))
+            .cloned()
+            .collect();
+        for t in gone {
+            if !image.topics.contains_key(&t.name) {
+                self.remove_topic(&t);
+            }
+        }
+        changes
+    }
+
+    fn remove_topic(&self, topic: &Arc<Topic>) {
+        {
+            let mut topics = self.topics.write();
+            if topics.get(&topic.name).is_some_and(|t| t.id == topic.id) {
+                topics.remove(&topic.name);
+            }
+        }
+        self.by_id.write().remove(&topic.id);
+        let parts = std::mem::take(&mut *topic.local.write());
+        for p in parts.values() {
+            self.remove_partition_dir(p, topic.id);
+        }
         tracing::info!(topic = %topic.name, "deleted topic");
-        Ok(())
     }
 
-    /// Grows a topic to `count` partitions.
-    pub fn add_partitions(
-        &self,
-        topic: &Arc<Topic>,
-        count: i32,
-        validate_only: bool,
-    ) -> Result<(), ApiError> {
-        let _guard = self.admin.lock();
-        let current = topic.partition_count();
-        if count <= current {
-            return Err(ApiError::new(
-                ResponseError::InvalidPartitions,
-                format!(
-                    "topic currently has {current} partitions, {count} would not be an increase"
-                ),
-            ));
-        }
-        if validate_only {
-            return Ok(());
-        }
-        let configs = topic.configs.read().clone();
-        let mut added = Vec::new();
-        for i in current..count {
-            added.push(
-                self.open_partition(&topic.name, i, &configs, true)
-                    .map_err(ApiError::from)?,
-            );
-        }
-        topic.partitions.write().extend(added);
-        self.persist(topic).map_err(ApiError::from)?;
-        tracing::info!(topic = %topic.name, from = current, to = count, "added partitions");
-        Ok(())
-    }
-
-    /// Replaces a topic's overrides and applies the new settings to its logs.
-    pub fn set_topic_configs(
-        &self,
-        topic: &Arc<Topic>,
-        configs: BTreeMap<String, String>,
-    ) -> Result<(), ApiError> {
-        let _guard = self.admin.lock();
-        *topic.configs.write() = configs;
-        self.persist(topic).map_err(ApiError::from)?;
-        self.refresh_log_configs(topic);
-        Ok(())
-    }
-
-    fn refresh_log_configs(&self, topic: &Topic) {
-        let cfg = config::log_config(&self.broker, &self.dynamic.read(), &topic.configs.read());
-        for p in topic.partitions.read().iter() {
-            p.log.set_config(cfg.clone());
+    /// Moves a partition directory aside and deletes it in the background.
+    fn remove_partition_dir(&self, p: &Partition, id: Uuid) {
+        let dir = p.log.dir().to_path_buf();
+        let doomed = dir.with_file_name(format!(
+            "{}.{}-delete",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            id.simple()
+        ));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => {
+                std::thread::spawn(move || {
+                    if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                        tracing::warn!(dir = %doomed.display(), error = %e, "could not remove deleted partition");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not move deleted partition aside")
+            }
         }
     }
 
-    /// Replaces the dynamic broker configs and re-resolves every topic's settings.
-    pub fn set_dynamic_configs(&self, configs: BTreeMap<String, String>) -> Result<(), ApiError> {
-        let _guard = self.admin.lock();
-        write_json_atomic(&self.meta_dir.join("broker-configs.json"), &configs)
-            .map_err(ApiError::from)?;
-        *self.dynamic.write() = configs;
-        for t in self.all() {
-            self.refresh_log_configs(&t);
-        }
-        Ok(())
+    /// Every hosted partition.
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.all()
+            .iter()
+            .flat_map(|t| t.local_partitions())
+            .collect()
     }
 
     /// Every partition log, for housekeeping.
     pub fn logs(&self) -> Vec<Arc<Log>> {
-        self.all()
-            .iter()
-            .flat_map(|t| {
-                t.partitions
-                    .read()
-                    .iter()
-                    .map(|p| p.log.clone())
-                    .collect::<Vec<_>>()
-            })
+        self.partitions()
+            .into_iter()
+            .map(|p| p.log.clone())
             .collect()
     }
 
@@ -516,6 +393,20 @@ impl Catalog {
             source,
         })
     }
+}
+
+fn write_props(
+    path: &Path,
+    node_id: i32,
+    props: &BTreeMap<String, String>,
+) -> Result<(), StorageError> {
+    let mut text = format!("version=1\nnode.id={node_id}\n");
+    for (k, v) in props {
+        if k != "version" && k != "node.id" {
+            text.push_str(&format!("{k}={v}\n"));
+        }
+    }
+    strom_storage::write_atomic(path, text.as_bytes())
 }
 
 fn base64_url(bytes: &[u8]) -> String {

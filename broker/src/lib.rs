@@ -4,12 +4,17 @@
 //! issue) and below the `strom` binary. Only this crate and `protocol` know kafka-protocol's
 //! message types; failures become Kafka error codes in one place, [`error`].
 
+pub mod admin;
 pub mod broker;
 pub mod catalog;
+mod client;
+pub mod cluster;
 pub mod config;
 pub mod error;
+mod fetcher;
 pub mod group;
 pub mod handlers;
+pub mod partition;
 pub mod producer_ids;
 pub mod server;
 

@@ -1,62 +1,57 @@
-//! Producer-id allocation that never hands out the same id twice, across restarts too: ids are
-//! reserved in blocks whose end is persisted (fsynced) before any id of the block is used.
-
-use std::path::PathBuf;
+//! Producer-id allocation that never hands out the same id twice, across restarts and across
+//! brokers: each broker takes blocks of ids from the metadata quorum (Kafka's
+//! AllocateProducerIds), so a block is committed before any id in it is used.
 
 use parking_lot::Mutex;
-use strom_storage::StorageError;
+use strom_raft::{Command, Outcome, Quorum};
 
-const BLOCK: i64 = 1000;
+use crate::error::ApiError;
 
+#[derive(Default)]
 pub struct ProducerIds {
-    path: PathBuf,
-    /// (next id to hand out, end of the persisted block).
-    state: Mutex<(i64, i64)>,
+    /// (next id to hand out, end of the current block).
+    block: Mutex<(i64, i64)>,
+    /// Serialises block requests so a burst of InitProducerId asks the quorum once.
+    refill: tokio::sync::Mutex<()>,
 }
 
 impl ProducerIds {
-    pub fn open(path: PathBuf) -> Result<Self, StorageError> {
-        let start = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
-        Ok(Self {
-            path,
-            state: Mutex::new((start, start)),
+    /// A fresh producer id.
+    pub async fn allocate(&self, quorum: &Quorum, broker: i32) -> Result<i64, ApiError> {
+        loop {
+            if let Some(id) = self.take() {
+                return Ok(id);
+            }
+            let _refill = self.refill.lock().await;
+            if self.take_peek() {
+                continue;
+            }
+            let (_, outcome) = quorum
+                .propose(Command::AllocateProducerIds { broker })
+                .await?;
+            match outcome {
+                Outcome::ProducerIds { start, len } => *self.block.lock() = (start, start + len),
+                Outcome::Rejected(r) => return Err(crate::admin::rejection(r)),
+                other => {
+                    return Err(ApiError::new(
+                        kafka_protocol::error::ResponseError::UnknownServerError,
+                        format!("unexpected producer-id allocation outcome {other:?}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Option<i64> {
+        let mut b = self.block.lock();
+        (b.0 < b.1).then(|| {
+            b.0 += 1;
+            b.0 - 1
         })
     }
 
-    /// A fresh producer id.
-    pub fn allocate(&self) -> Result<i64, StorageError> {
-        let mut state = self.state.lock();
-        if state.0 >= state.1 {
-            let end = state.0 + BLOCK;
-            self.persist(end)?;
-            state.1 = end;
-        }
-        let id = state.0;
-        state.0 += 1;
-        Ok(id)
-    }
-
-    fn persist(&self, end: i64) -> Result<(), StorageError> {
-        strom_storage::write_atomic(&self.path, format!("{end}\n").as_bytes())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_never_repeat_across_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("producer-ids");
-        let ids = ProducerIds::open(path.clone()).expect("open");
-        let a: Vec<i64> = (0..5).map(|_| ids.allocate().expect("id")).collect();
-        assert_eq!(a, vec![0, 1, 2, 3, 4]);
-        drop(ids);
-        let ids = ProducerIds::open(path).expect("reopen");
-        assert!(ids.allocate().expect("id") > 4);
+    fn take_peek(&self) -> bool {
+        let b = self.block.lock();
+        b.0 < b.1
     }
 }

@@ -40,6 +40,8 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// `cleanup.policy` contains `delete`: time and size retention apply.
     pub delete_retention: bool,
+    /// `min.insync.replicas`: acks=all writes need an ISR at least this large.
+    pub min_insync_replicas: i32,
 }
 
 impl Default for LogConfig {
@@ -58,6 +60,7 @@ impl Default for LogConfig {
             compression: None,
             timestamp_type: TimestampType::CreateTime,
             delete_retention: true,
+            min_insync_replicas: 1,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod flush;
 pub mod index;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{LogConfig, TimestampType};
+use crate::epochs::EpochCache;
 use crate::error::{IoContext, StorageError};
 use crate::flush::Flusher;
 use crate::producer_state::{Check, ProducerState};
@@ -66,6 +67,9 @@ struct Inner {
     offline: bool,
     /// Idempotent producers' recent batches, for de-duplication and sequence checks.
     producers: ProducerState,
+    /// Offsets below it are committed (replicated to the ISR); consumers read up to it.
+    high_watermark: i64,
+    epochs: EpochCache,
 }
 
 pub struct Log {
@@ -160,6 +164,10 @@ impl Log {
             Some(p) => p,
             None => rebuild_producers(&segments)?,
         };
+        let mut epochs = EpochCache::read(dir);
+        if epochs.truncate_from(next_offset + 1) {
+            epochs.write(dir)?;
+        }
         let log = Arc::new(Self {
             name,
             dir: dir.to_path_buf(),
@@ -174,6 +182,9 @@ impl Log {
                 last_flush_ms: now_ms(),
                 offline: false,
                 producers,
+                // The leader raises it as replicas confirm; a single replica raises it at once.
+                high_watermark: log_start_offset,
+                epochs,
             }),
             end_tx: watch::Sender::new(next_offset),
             flushed_tx: watch::Sender::new(FlushState {
@@ -210,9 +221,43 @@ impl Log {
         self.inner.lock().next_offset
     }
 
-    /// The high watermark: on a single node, everything appended is committed.
+    /// The high watermark: offsets below it are committed.
     pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset()
+        self.inner.lock().high_watermark
+    }
+
+    /// Raises the high watermark (never past the log end, never backwards); wakes fetches.
+    pub fn set_high_watermark(&self, hw: i64) -> bool {
+        let mut inner = self.inner.lock();
+        let hw = hw.min(inner.next_offset);
+        if hw <= inner.high_watermark {
+            return false;
+        }
+        inner.high_watermark = hw;
+        drop(inner);
+        self.end_tx.send_modify(|_| {});
+        true
+    }
+
+    /// The latest leader epoch and the offset where it started.
+    pub fn latest_epoch(&self) -> Option<(i32, i64)> {
+        self.inner.lock().epochs.latest()
+    }
+
+    /// A new leader records that its epoch starts at the current log end.
+    pub fn begin_epoch(&self, epoch: i32) -> Result<(), StorageError> {
+        let mut inner = self.inner.lock();
+        let end = inner.next_offset;
+        if inner.epochs.assign(epoch, end) {
+            inner.epochs.write(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch <= `epoch` this log knows and where it ended.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let inner = self.inner.lock();
+        inner.epochs.end_offset_for(epoch, inner.next_offset)
     }
 
     /// Bytes on disk over all segments.
@@ -309,6 +354,9 @@ impl Log {
         for (h, _) in &headers {
             inner.producers.record(h);
         }
+        if inner.epochs.assign(leader_epoch, base_offset) {
+            inner.epochs.write(&self.dir)?;
+        }
         inner.next_offset = next;
         inner.unflushed_messages += messages;
         let flush_required = inner.unflushed_messages >= cfg.flush_messages;
@@ -323,6 +371,169 @@ impl Log {
         drop(inner);
         self.end_tx.send_replace(next);
         Ok(result)
+    }
+
+    /// A follower appends batches exactly as the leader stored them (offsets and epochs
+    /// included); they must continue the log without a gap. Returns the new log end.
+    pub fn append_replicated(&self, data: &[u8]) -> Result<i64, StorageError> {
+        let cfg = self.config();
+        let mut inner = self.inner.lock();
+        if inner.offline {
+            return Err(StorageError::Offline(self.name.clone()));
+        }
+        let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
+        let mut next = inner.next_offset;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            let Ok((_, total)) = batch::peek_offset_and_size(rest) else {
+                break;
+            };
+            // A fetch response may end with a partial batch: keep the whole ones.
+            let Some(one) = rest.get(..total) else {
+                break;
+            };
+            let h =
+                batch::verify_stored(one).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            if h.base_offset != next {
+                return Err(StorageError::InvalidBatch(format!(
+                    "replicated batch at offset {} does not continue the log at {next}",
+                    h.base_offset
+                )));
+            }
+            next = h.last_offset() + 1;
+            headers.push((h, pos));
+            pos += total;
+        }
+        if headers.is_empty() {
+            return Ok(inner.next_offset);
+        }
+        let data = &data[..pos];
+        let first_ts = headers.first().map_or(0, |(h, _)| h.max_timestamp);
+        let needs_roll = inner
+            .segments
+            .values()
+            .next_back()
+            .is_some_and(|s| s.should_roll(data.len(), first_ts, &cfg));
+        if needs_roll {
+            self.roll(&mut inner, &cfg)?;
+        }
+        let Some(active) = inner.segments.values_mut().next_back() else {
+            return Err(StorageError::Offline(self.name.clone()));
+        };
+        if let Err(e) = active.append(data, &headers) {
+            if matches!(e, StorageError::Offline(_)) {
+                inner.offline = true;
+            }
+            tracing::error!(log = %self.name, error = %e, "replicated append failed");
+            return Err(e);
+        }
+        let file = active.file();
+        if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            inner.dirty.push(file);
+        }
+        let mut epochs_changed = false;
+        for (h, _) in &headers {
+            inner.producers.record(h);
+            inner.unflushed_messages += i64::from(h.records_count);
+            epochs_changed |= inner.epochs.assign(h.partition_leader_epoch, h.base_offset);
+        }
+        if epochs_changed {
+            inner.epochs.write(&self.dir)?;
+        }
+        inner.next_offset = next;
+        drop(inner);
+        self.end_tx.send_replace(next);
+        Ok(next)
+    }
+
+    /// Removes everything from `offset` on (a follower dropping history the leader does not
+    /// have). A batch that straddles `offset` goes too; the follower fetches it again.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
+        let cfg = self.config();
+        let mut inner = self.inner.lock();
+        if offset >= inner.next_offset {
+            return Ok(inner.next_offset);
+        }
+        let offset = offset.max(inner.log_start_offset);
+        let doomed: Vec<i64> = inner
+            .segments
+            .keys()
+            .copied()
+            .filter(|b| *b >= offset && *b > inner.log_start_offset)
+            .collect();
+        for base in doomed {
+            if let Some(seg) = inner.segments.remove(&base) {
+                seg.delete_files(&self.dir);
+            }
+        }
+        if let Some((&base, seg)) = inner.segments.iter().next_back() {
+            if seg.next_offset() > offset {
+                let cut = seg
+                    .position_of(offset, seg.size())?
+                    .map_or(seg.size(), |(p, _)| p);
+                let file = seg.file();
+                file.set_len(cut).at(seg.path())?;
+                file.sync_all().at(seg.path())?;
+                let (mut seg, _) = Segment::recover(&self.dir, base, &cfg)?;
+                seg.reopen_for_append(&cfg)?;
+                inner.segments.insert(base, seg);
+            }
+        }
+        if inner.segments.is_empty() {
+            let base = inner.log_start_offset;
+            inner
+                .segments
+                .insert(base, Segment::create(&self.dir, base, &cfg)?);
+        }
+        let next = inner
+            .segments
+            .values()
+            .next_back()
+            .map_or(offset, Segment::next_offset);
+        inner.next_offset = next;
+        inner.high_watermark = inner.high_watermark.min(next);
+        inner.dirty.clear();
+        inner.dirty_dir = true;
+        inner.producers = rebuild_producers(&inner.segments)?;
+        if inner.epochs.truncate_from(next) {
+            inner.epochs.write(&self.dir)?;
+        }
+        tracing::info!(log = %self.name, offset = next, "truncated log");
+        drop(inner);
+        self.flushed_tx
+            .send_modify(|s| s.flushed = s.flushed.min(next));
+        self.end_tx.send_replace(next);
+        Ok(next)
+    }
+
+    /// Drops the whole log and starts it empty at `offset` (a follower whose position fell
+    /// below the leader's log start).
+    pub fn reset_to(&self, offset: i64) -> Result<(), StorageError> {
+        let cfg = self.config();
+        {
+            let mut inner = self.inner.lock();
+            let bases: Vec<i64> = inner.segments.keys().copied().collect();
+            for base in bases {
+                if let Some(seg) = inner.segments.remove(&base) {
+                    seg.delete_files(&self.dir);
+                }
+            }
+            inner
+                .segments
+                .insert(offset, Segment::create(&self.dir, offset, &cfg)?);
+            inner.log_start_offset = offset;
+            inner.next_offset = offset;
+            inner.high_watermark = offset;
+            inner.dirty.clear();
+            inner.dirty_dir = true;
+            inner.producers = ProducerState::default();
+            inner.epochs = EpochCache::default();
+            inner.epochs.write(&self.dir)?;
+        }
+        self.flushed_tx.send_modify(|s| s.flushed = offset);
+        self.end_tx.send_replace(offset);
+        self.write_checkpoint()
     }
 
     fn roll(&self, inner: &mut Inner, cfg: &LogConfig) -> Result<(), StorageError> {
@@ -424,19 +635,19 @@ impl Log {
         let inner = self.inner.lock();
         let hw = upper.min(inner.next_offset);
         let start = inner.log_start_offset;
-        if offset < start || offset > hw {
+        if offset < start || offset > inner.next_offset {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
                 start,
-                end: hw,
+                end: inner.next_offset,
             });
         }
         let empty = ReadResult {
             data: Bytes::new(),
             log_start_offset: start,
-            high_watermark: inner.next_offset,
+            high_watermark: inner.high_watermark,
         };
-        if offset == hw || max_bytes == 0 && !min_one {
+        if offset >= hw || max_bytes == 0 && !min_one {
             return Ok(empty);
         }
         let from = inner
@@ -536,15 +747,15 @@ impl Log {
         {
             let mut inner = self.inner.lock();
             let target = if offset == -1 {
-                inner.next_offset
+                inner.high_watermark
             } else {
                 offset
             };
-            if target < 0 || target > inner.next_offset {
+            if target < 0 || target > inner.high_watermark {
                 return Err(StorageError::OffsetOutOfRange {
                     offset,
                     start: inner.log_start_offset,
-                    end: inner.next_offset,
+                    end: inner.high_watermark,
                 });
             }
             if target > inner.log_start_offset {

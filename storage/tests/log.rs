@@ -142,6 +142,9 @@ fn retention_by_size_and_delete_records() {
         log.read(0, 100, true, i64::MAX),
         Err(StorageError::OffsetOutOfRange { .. })
     ));
+    // DeleteRecords stops at the high watermark, which the partition leader raises.
+    assert!(log.delete_records(9).is_err());
+    log.set_high_watermark(log.log_end_offset());
     assert_eq!(log.delete_records(9).expect("delete"), 9);
     assert!(9 > start);
     assert!(log.read(8, 100, true, i64::MAX).is_err());
@@ -226,4 +229,41 @@ fn a_full_disk_is_an_error_not_a_panic_and_takes_the_log_offline() {
         log.append(batch_of(1, 1, "again"), 0),
         Err(StorageError::Offline(_))
     ));
+}
+
+#[test]
+fn follower_append_truncate_and_epochs() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = LogConfig {
+        segment_bytes: 300,
+        ..LogConfig::default()
+    };
+    let leader = open(leader_dir.path(), cfg.clone(), true);
+    let follower = open(follower_dir.path(), cfg.clone(), true);
+    for i in 0..6 {
+        let epoch = if i < 3 { 1 } else { 2 };
+        leader.append(batch_of(2, i, "r"), epoch).expect("append");
+    }
+    leader.set_high_watermark(leader.log_end_offset());
+    let mut at = 0;
+    while at < leader.log_end_offset() {
+        let r = leader.read(at, 150, true, i64::MAX).expect("read");
+        at = follower.append_replicated(&r.data).expect("replicate");
+    }
+    assert_eq!(follower.log_end_offset(), 12);
+    assert_eq!(follower.end_offset_for_epoch(1), (1, 6));
+    assert_eq!(follower.end_offset_for_epoch(2), (2, 12));
+    // A gap is refused.
+    let r = leader.read(2, 1000, true, i64::MAX).expect("read");
+    assert!(follower.append_replicated(&r.data).is_err());
+    // Truncating drops later batches, their epochs and nothing before.
+    assert_eq!(follower.truncate_to(6).expect("truncate"), 6);
+    assert_eq!(follower.latest_epoch(), Some((1, 0)));
+    let kept = follower.read(0, 10_000, true, i64::MAX).expect("read");
+    assert!(offsets_in(&kept.data).iter().all(|o| *o < 6));
+    drop(follower);
+    let reopened = open(follower_dir.path(), cfg, false);
+    assert_eq!(reopened.log_end_offset(), 6);
+    assert_eq!(reopened.end_offset_for_epoch(2), (1, 6));
 }

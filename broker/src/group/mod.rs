@@ -357,6 +357,34 @@ impl Coordinator {
         }
     }
 
+    /// Forgets the groups `owned` selects (their offsets partition moved to another node).
+    /// Waiting members are answered NOT_COORDINATOR so they look the coordinator up again.
+    pub fn unload(&self, owned: impl Fn(&str) -> bool) {
+        let mut groups = self.groups.lock();
+        let doomed: Vec<String> = groups.keys().filter(|g| owned(g)).cloned().collect();
+        for id in doomed {
+            if let Some(g) = groups.remove(&id) {
+                for m in g.members.into_values() {
+                    if let Some(w) = m.join_waiter {
+                        let _ = w.send(JoinResult {
+                            error: Some(ResponseError::NotCoordinator),
+                            generation: -1,
+                            member_id: m.id.clone(),
+                            ..Default::default()
+                        });
+                    }
+                    if let Some(w) = m.sync_waiter {
+                        let _ = w.send(SyncResult {
+                            error: Some(ResponseError::NotCoordinator),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        self.dirty.lock().retain(|(g, _)| !owned(g));
+    }
+
     /// The full state of every group stored in offsets-topic partition `partition`: what a
     /// compacted copy of that partition would hold.
     pub fn state_of_partition(&self, partition: i32, partitions: i32) -> Vec<GroupState> {

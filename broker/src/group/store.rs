@@ -3,17 +3,17 @@
 //! a null value deletes. A group's records go to partition `abs(javaHash(group)) % N`, as in
 //! Kafka, and the latest record per key wins when the topic is read back at start-up.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use strom_protocol::codec::Codec;
 use strom_protocol::records::{self, KeyValue};
+use strom_storage::Log;
 
 use super::{Committed, GroupSnapshot, MemberSnapshot};
 use crate::broker::Broker;
-use crate::catalog::{Catalog, Topic};
 use crate::error::ApiError;
 
 pub const TOPIC: &str = "__consumer_offsets";
@@ -233,25 +233,6 @@ pub fn decode_value(mut b: Bytes) -> Option<Committed> {
 
 /// The offsets topic, created on first use with `partitions` partitions and
 /// `offsets.topic.segment.bytes` segments.
-pub fn topic(
-    catalog: &Catalog,
-    partitions: i32,
-    segment_bytes: u64,
-) -> Result<Arc<Topic>, ApiError> {
-    if let Some(t) = catalog.get(TOPIC) {
-        return Ok(t);
-    }
-    let mut configs = BTreeMap::new();
-    configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
-    configs.insert("segment.bytes".to_owned(), segment_bytes.to_string());
-    match catalog.create(TOPIC, partitions, -1, configs) {
-        Err(e) if e.code == ResponseError::TopicAlreadyExists => catalog
-            .get(TOPIC)
-            .ok_or_else(|| ResponseError::CoordinatorNotAvailable.into()),
-        other => other,
-    }
-}
-
 /// Appends one group's commit or delete records and waits until they are as durable as an
 /// acks=all produce.
 pub async fn write(
@@ -288,10 +269,15 @@ async fn append(
     if encoded.is_empty() {
         return Ok(());
     }
-    let topic = broker.offsets_topic()?;
+    let topic = broker
+        .offsets_topic()
+        .map_err(|_| ApiError::from(ResponseError::NotCoordinator))?;
     let partition = topic
         .partition(partition_for(group, topic.partition_count()))
-        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+        .ok_or(ResponseError::NotCoordinator)?;
+    let st = partition
+        .leader_state()
+        .map_err(|_| ApiError::from(ResponseError::NotCoordinator))?;
     let kvs: Vec<KeyValue<'_>> = encoded
         .iter()
         .map(|(k, v)| (Some(k.as_ref()), v.as_deref()))
@@ -299,11 +285,32 @@ async fn append(
     let batch = records::build_batch(Codec::None, super::commit_timestamp(), &kvs)
         .map_err(|e| ApiError::new(ResponseError::UnknownServerError, e.to_string()))?;
     let log = partition.log.clone();
-    let result = log.append(BytesMut::from(&batch[..]), partition.leader_epoch)?;
+    let result = log.append(BytesMut::from(&batch[..]), st.leader_epoch)?;
+    partition.advance_high_watermark();
+    let end = result.last_offset + 1;
+    let min_isr = log.config().min_insync_replicas.max(1) as usize;
+    // As durable as an acks=all produce: replicated to the ISR (and flushed when configured).
+    let committed = partition.wait_committed(end, min_isr, Duration::from_secs(5));
     if log.config().flush_on_acks_all {
-        log.wait_flushed(result.last_offset + 1).await?;
+        let (c, f) = tokio::join!(committed, log.wait_flushed(end));
+        c.map_err(coordinator_error)?;
+        f?;
+    } else {
+        committed.await.map_err(coordinator_error)?;
     }
     Ok(())
+}
+
+/// A write that could not be replicated means the coordinator moved or the ISR is too small.
+fn coordinator_error(e: ApiError) -> ApiError {
+    match e.code {
+        ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator.into(),
+        ResponseError::RequestTimedOut => ApiError::new(
+            ResponseError::RequestTimedOut,
+            e.message.unwrap_or_default(),
+        ),
+        _ => e,
+    }
 }
 
 /// Everything stored for the groups: committed offsets and membership.
@@ -313,15 +320,11 @@ pub struct Loaded {
     pub groups: HashMap<String, GroupSnapshot>,
 }
 
-/// Reads every committed offset back from the offsets topic.
-pub fn load(catalog: &Catalog) -> Loaded {
+/// Reads the committed offsets and group membership stored in one offsets-topic partition.
+pub fn load_partition(log: &Log) -> Loaded {
     let mut out: HashMap<String, HashMap<(String, i32), Committed>> = HashMap::new();
     let mut groups: HashMap<String, GroupSnapshot> = HashMap::new();
-    let Some(topic) = catalog.get(TOPIC) else {
-        return Loaded::default();
-    };
-    for p in topic.partitions.read().iter() {
-        let log = &p.log;
+    {
         let mut offset = log.log_start_offset();
         let end = log.log_end_offset();
         while offset < end {

@@ -8,19 +8,25 @@ use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
 use super::describe_configs::{BROKER, TOPIC};
+use std::sync::Arc;
+
+use strom_raft::Command;
+
 use super::{s, Ctx};
+use crate::broker::Broker;
 use crate::config;
 use crate::error::ApiError;
 
-/// Validates and stores a complete set of configs for one resource.
-pub(super) fn apply(
-    ctx: &Ctx<'_>,
+/// Validates and stores a complete set of configs for one resource. Broker configs are
+/// cluster-wide dynamic defaults (any broker id or the empty default name address them).
+pub(super) async fn apply(
+    broker: &Arc<Broker>,
     resource_type: i8,
     name: &str,
     configs: BTreeMap<String, String>,
     validate_only: bool,
 ) -> Result<(), ApiError> {
-    let catalog = &ctx.broker.catalog;
+    let catalog = &broker.catalog;
     let invalid =
         |e: config::ConfigError| ApiError::new(ResponseError::InvalidConfig, e.to_string());
     match resource_type {
@@ -35,16 +41,24 @@ pub(super) fn apply(
                 config::validate_topic_config(k, v).map_err(invalid)?;
             }
             if !validate_only {
-                catalog.set_topic_configs(&topic, configs)?;
+                broker
+                    .change(Command::SetTopicConfigs {
+                        name: topic.name.clone(),
+                        configs,
+                    })
+                    .await?;
             }
             Ok(())
         }
         BROKER => {
-            let node = ctx.broker.node_id().to_string();
-            if !(name == node || name.is_empty()) {
+            let known = name.is_empty()
+                || name
+                    .parse::<i32>()
+                    .is_ok_and(|id| broker.quorum.image().brokers.contains_key(&id));
+            if !known {
                 return Err(ApiError::new(
                     ResponseError::InvalidRequest,
-                    format!("this is broker {node}, not {name}"),
+                    format!("broker {name} is not registered"),
                 ));
             }
             for (k, v) in &configs {
@@ -57,7 +71,7 @@ pub(super) fn apply(
                 })?;
             }
             if !validate_only {
-                catalog.set_dynamic_configs(configs)?;
+                broker.change(Command::SetBrokerConfigs { configs }).await?;
             }
             Ok(())
         }
@@ -68,11 +82,14 @@ pub(super) fn apply(
     }
 }
 
-pub fn handle(ctx: &Ctx<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|r| {
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: AlterConfigsRequest,
+) -> impl std::future::Future<Output = AlterConfigsResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    async move {
+        let mut responses = Vec::with_capacity(req.resources.len());
+        for r in req.resources {
             let configs = r
                 .configs
                 .iter()
@@ -85,19 +102,23 @@ pub fn handle(ctx: &Ctx<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
             let out = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
-            match apply(
-                ctx,
-                r.resource_type,
-                r.resource_name.as_str(),
-                configs,
-                req.validate_only,
-            ) {
-                Ok(()) => out,
-                Err(e) => out
-                    .with_error_code(e.code())
-                    .with_error_message(e.message.map(s)),
-            }
-        })
-        .collect();
-    AlterConfigsResponse::default().with_responses(responses)
+            responses.push(
+                match apply(
+                    &broker,
+                    r.resource_type,
+                    r.resource_name.as_str(),
+                    configs,
+                    req.validate_only,
+                )
+                .await
+                {
+                    Ok(()) => out,
+                    Err(e) => out
+                        .with_error_code(e.code())
+                        .with_error_message(e.message.map(s)),
+                },
+            );
+        }
+        AlterConfigsResponse::default().with_responses(responses)
+    }
 }

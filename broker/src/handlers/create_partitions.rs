@@ -5,42 +5,71 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
 use super::{s, Ctx};
+use strom_raft::Command;
+
+use crate::admin;
 use crate::error::ApiError;
 
-pub fn handle(ctx: &Ctx<'_>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
-    let catalog = &ctx.broker.catalog;
-    let node = ctx.broker.node_id();
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
-            let outcome = (|| -> Result<(), ApiError> {
-                let topic = catalog
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: CreatePartitionsRequest,
+) -> impl std::future::Future<Output = CreatePartitionsResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    async move {
+        let mut results = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
+            let outcome: Result<(), ApiError> = async {
+                let topic = broker
+                    .catalog
                     .get(t.name.as_str())
                     .ok_or(ResponseError::UnknownTopicOrPartition)?;
-                if let Some(assignments) = &t.assignments {
-                    let new = t.count - topic.partition_count();
-                    if assignments.len() as i32 != new
-                        || assignments
-                            .iter()
-                            .any(|a| a.broker_ids.len() != 1 || *a.broker_ids[0] != node)
-                    {
-                        return Err(ApiError::new(
-                            ResponseError::InvalidReplicaAssignment,
-                            format!("expected {new} assignments, each to broker {node}"),
-                        ));
-                    }
+                let current = topic.partition_count();
+                if t.count <= current {
+                    return Err(ApiError::new(
+                        ResponseError::InvalidPartitions,
+                        format!("topic currently has {current} partitions, {} would not be an increase", t.count),
+                    ));
                 }
-                catalog.add_partitions(&topic, t.count, req.validate_only)
-            })();
+                let image = broker.quorum.image();
+                let rf = topic.image().partitions.first().map_or(1, |p| p.replicas.len()) as i16;
+                let assignments = match &t.assignments {
+                    Some(a) => {
+                        let a: Vec<Vec<i32>> = a
+                            .iter()
+                            .map(|x| x.broker_ids.iter().map(|b| **b).collect())
+                            .collect();
+                        if a.len() as i32 != t.count - current {
+                            return Err(ApiError::new(
+                                ResponseError::InvalidReplicaAssignment,
+                                format!("expected {} assignments", t.count - current),
+                            ));
+                        }
+                        admin::check_assignments(&image, &a)?;
+                        a
+                    }
+                    None => admin::assign_replicas(&image, &topic.name, current, t.count - current, rf)?,
+                };
+                if req.validate_only {
+                    return Ok(());
+                }
+                broker
+                    .change(Command::CreatePartitions {
+                        name: topic.name.clone(),
+                        assignments,
+                    })
+                    .await?;
+                tracing::info!(topic = %topic.name, from = current, to = t.count, "added partitions");
+                Ok(())
+            }
+            .await;
             let out = CreatePartitionsTopicResult::default().with_name(t.name);
-            match outcome {
+            results.push(match outcome {
                 Ok(()) => out,
                 Err(e) => out
                     .with_error_code(e.code())
                     .with_error_message(e.message.map(s)),
-            }
-        })
-        .collect();
-    CreatePartitionsResponse::default().with_results(results)
+            });
+        }
+        CreatePartitionsResponse::default().with_results(results)
+    }
 }

@@ -10,16 +10,19 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 
 use super::configs::topic_entries;
 use super::{s, Ctx};
+use crate::admin;
 use crate::error::ApiError;
 
-pub fn handle(ctx: &Ctx<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
-    let catalog = &ctx.broker.catalog;
-    let node = ctx.broker.node_id();
-    let mut seen = std::collections::HashSet::new();
-    let results = req
-        .topics
-        .into_iter()
-        .map(|t| {
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: CreateTopicsRequest,
+) -> impl std::future::Future<Output = CreateTopicsResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    let version = ctx.version;
+    async move {
+        let mut seen = std::collections::HashSet::new();
+        let mut results = Vec::with_capacity(req.topics.len());
+        for t in req.topics {
             let name = t.name.as_str().to_owned();
             let configs: BTreeMap<String, String> = t
                 .configs
@@ -30,54 +33,67 @@ pub fn handle(ctx: &Ctx<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
                         .map(|v| (c.name.as_str().to_owned(), v.as_str().to_owned()))
                 })
                 .collect();
-            let outcome = (|| -> Result<(i32, i16, uuid::Uuid), ApiError> {
+            let outcome: Result<(i32, i16, uuid::Uuid), ApiError> = async {
                 if !seen.insert(name.clone()) {
                     return Err(ApiError::new(
                         ResponseError::InvalidRequest,
                         format!("topic '{name}' appears more than once in the request"),
                     ));
                 }
-                let (mut partitions, mut replication) = (t.num_partitions, t.replication_factor);
-                if !t.assignments.is_empty() {
-                    if partitions != -1 || replication != -1 {
+                let assignments = if t.assignments.is_empty() {
+                    None
+                } else {
+                    if t.num_partitions != -1 || t.replication_factor != -1 {
                         return Err(ApiError::new(
                             ResponseError::InvalidRequest,
                             "give either assignments or partitions and replication factor",
                         ));
                     }
-                    if t.assignments
+                    let mut sorted: Vec<_> = t.assignments.iter().collect();
+                    sorted.sort_by_key(|a| a.partition_index);
+                    if sorted
                         .iter()
-                        .any(|a| a.broker_ids.len() != 1 || *a.broker_ids[0] != node)
+                        .enumerate()
+                        .any(|(i, a)| a.partition_index != i as i32)
                     {
                         return Err(ApiError::new(
                             ResponseError::InvalidReplicaAssignment,
-                            format!("this cluster has one broker, id {node}"),
+                            "assignments must cover partitions 0..n exactly once",
                         ));
                     }
-                    partitions = t.assignments.len() as i32;
-                    replication = 1;
-                }
-                let replication_out = if replication == -1 {
-                    catalog.broker_config().default_replication_factor
-                } else {
-                    replication
+                    Some(
+                        sorted
+                            .iter()
+                            .map(|a| a.broker_ids.iter().map(|b| **b).collect())
+                            .collect(),
+                    )
                 };
+                let image = broker.quorum.image();
+                let (partitions, replication, assignments) = admin::plan_topic(
+                    &broker,
+                    &image,
+                    &name,
+                    t.num_partitions,
+                    t.replication_factor,
+                    assignments,
+                    &configs,
+                )?;
                 if req.validate_only {
-                    let partitions =
-                        catalog.check_create(&name, partitions, replication, &configs)?;
-                    return Ok((partitions, replication_out, uuid::Uuid::nil()));
+                    return Ok((partitions, replication, uuid::Uuid::nil()));
                 }
-                let topic = catalog.create(&name, partitions, replication, configs.clone())?;
-                Ok((topic.partition_count(), replication_out, topic.id))
-            })();
+                let topic =
+                    admin::create_topic(&broker, &name, assignments, configs.clone()).await?;
+                Ok((topic.partition_count(), replication, topic.id))
+            }
+            .await;
             let mut result = CreatableTopicResult::default().with_name(t.name);
             match outcome {
                 Ok((partitions, replication, id)) => {
-                    if ctx.version >= 5 {
+                    if version >= 5 {
                         result.num_partitions = partitions;
                         result.replication_factor = replication;
                         result.configs = Some(
-                            topic_entries(catalog, &configs)
+                            topic_entries(&broker.catalog, &configs)
                                 .into_iter()
                                 .map(|e| {
                                     CreatableTopicConfigs::default()
@@ -89,23 +105,23 @@ pub fn handle(ctx: &Ctx<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
                                 .collect(),
                         );
                     }
-                    if ctx.version >= 7 {
+                    if version >= 7 {
                         result.topic_id = id;
                     }
                 }
                 Err(e) => {
                     result.error_code = e.code();
-                    if ctx.version >= 1 {
+                    if version >= 1 {
                         result.error_message = e.message.map(s);
                     }
-                    if ctx.version >= 5 {
+                    if version >= 5 {
                         result.num_partitions = -1;
                         result.replication_factor = -1;
                     }
                 }
             }
-            result
-        })
-        .collect();
-    CreateTopicsResponse::default().with_topics(results)
+            results.push(result);
+        }
+        CreateTopicsResponse::default().with_topics(results)
+    }
 }

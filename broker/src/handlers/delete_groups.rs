@@ -17,7 +17,11 @@ pub fn handle(
     async move {
         let mut results = Vec::new();
         for id in req.groups_names {
-            let code = match broker.groups.delete(id.as_str()) {
+            let code = match broker
+                .check_coordinator(id.as_str())
+                .map_err(|e| e.code)
+                .and_then(|()| broker.groups.delete(id.as_str()))
+            {
                 Ok(keys) => {
                     let tombstones: Vec<_> = keys.into_iter().map(|k| (k, None)).collect();
                     match store::write(&broker, id.as_str(), &tombstones).await {

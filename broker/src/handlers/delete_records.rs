@@ -24,8 +24,8 @@ pub fn handle(ctx: &Ctx<'_>, req: DeleteRecordsRequest) -> DeleteRecordsResponse
                         .with_partition_index(p.partition_index);
                     let result = topic
                         .as_ref()
-                        .and_then(|t| t.partition(p.partition_index))
                         .ok_or_else(|| ApiError::from(ResponseError::UnknownTopicOrPartition))
+                        .and_then(|t| t.leader_partition(p.partition_index))
                         .and_then(|part| part.log.delete_records(p.offset).map_err(ApiError::from));
                     match result {
                         Ok(low) => out.with_low_watermark(low),

@@ -1,4 +1,5 @@
-//! DescribeCluster (key 60): this node as the whole cluster and its controller.
+//! DescribeCluster (key 60): the live brokers and the active controller, from the local
+//! metadata image.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -17,18 +18,35 @@ pub fn handle(ctx: &Ctx<'_>, req: DescribeClusterRequest) -> DescribeClusterResp
             .with_error_message(Some(s("this listener serves broker endpoints")))
             .with_endpoint_type(BROKERS);
     }
-    let adv = &broker.config.advertised;
-    let node = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(broker.node_id()))
-        .with_host(s(adv.host.clone()))
-        .with_port(i32::from(adv.port))
-        .with_rack(broker.config.rack.clone().map(s));
+    let image = broker.quorum.image();
+    let nodes = image
+        .live_brokers()
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(s(b.endpoint.host.clone()))
+                .with_port(i32::from(b.endpoint.port))
+                .with_rack(b.rack.clone().map(s))
+        })
+        .collect();
     let mut resp = DescribeClusterResponse::default()
-        .with_cluster_id(s(broker.catalog.cluster_id.clone()))
-        .with_controller_id(BrokerId(broker.node_id()))
-        .with_brokers(vec![node]);
+        .with_cluster_id(s(broker.cluster_id()))
+        .with_controller_id(BrokerId(controller_id(broker)))
+        .with_brokers(nodes);
     if ctx.version >= 1 {
         resp.endpoint_type = BROKERS;
     }
     resp
+}
+
+/// The active controller when it is a live broker (every node is both here), else this node:
+/// clients send controller-bound requests there and any node forwards them.
+pub(super) fn controller_id(broker: &crate::broker::Broker) -> i32 {
+    let image = broker.quorum.image();
+    broker
+        .quorum
+        .leader()
+        .and_then(|l| i32::try_from(l).ok())
+        .filter(|l| image.is_live(*l))
+        .unwrap_or_else(|| broker.node_id())
 }

@@ -24,7 +24,7 @@ pub fn handle(ctx: &Ctx<'_>, req: DescribeConfigsRequest) -> DescribeConfigsResp
             let entries = match r.resource_type {
                 TOPIC => catalog
                     .get(&name)
-                    .map(|t| topic_entries(catalog, &t.configs.read()))
+                    .map(|t| topic_entries(catalog, &t.configs()))
                     .ok_or_else(|| {
                         ApiError::new(
                             ResponseError::UnknownTopicOrPartition,

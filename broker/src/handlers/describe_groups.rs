@@ -11,6 +11,9 @@ pub fn handle(ctx: &Ctx<'_>, req: DescribeGroupsRequest) -> DescribeGroupsRespon
         .into_iter()
         .map(|id| {
             let out = DescribedGroup::default().with_group_id(id.clone());
+            if let Err(e) = ctx.broker.check_coordinator(id.as_str()) {
+                return out.with_error_code(e.code());
+            }
             match ctx.broker.groups.describe(id.as_str()) {
                 // Kafka describes an unknown group as Dead with no members.
                 None => out.with_group_state(s("Dead")),

@@ -77,9 +77,7 @@ pub fn handle(
                     current_leader_epoch: p.current_leader_epoch,
                     partition: match &topic {
                         None => Err(missing.into()),
-                        Some(tp) => tp
-                            .partition(p.partition)
-                            .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into()),
+                        Some(tp) => tp.leader_partition(p.partition),
                     },
                 })
                 .collect();
@@ -98,12 +96,32 @@ pub fn handle(
         req.max_bytes as usize
     };
     let read_committed = req.isolation_level == 1;
+    // A follower's fetch (replica id set): it reads up to the log end, and its position is
+    // what moves the high watermark and the ISR.
+    let replica = if version >= 15 {
+        *req.replica_state.replica_id
+    } else {
+        *req.replica_id
+    };
+    let broker = ctx.broker.clone();
     async move {
         if session_error {
             return FetchResponse::default()
                 .with_error_code(ResponseError::FetchSessionIdNotFound.code());
         }
         let deadline = tokio::time::Instant::now() + max_wait;
+        if replica >= 0 {
+            for w in topics.iter().flat_map(|t| t.parts.iter()) {
+                let Ok(p) = &w.partition else { continue };
+                if check_epoch(w.current_leader_epoch, p.leader_epoch()).is_err() {
+                    continue;
+                }
+                if let Some(isr) = p.follower_fetched(replica, w.offset) {
+                    tracing::info!(topic = %p.topic, partition = p.index, follower = replica, "follower caught up: expanding ISR");
+                    broker.alter_isr(p, isr);
+                }
+            }
+        }
         // Subscribe before the first read so an append between read and wait is not missed.
         let mut watchers: Vec<_> = topics
             .iter()
@@ -114,7 +132,8 @@ pub fn handle(
             for w in &mut watchers {
                 w.borrow_and_update();
             }
-            let (resp, total, any_error) = read_all(&topics, version, max_bytes, read_committed);
+            let (resp, total, any_error) =
+                read_all(&topics, version, max_bytes, read_committed, replica >= 0);
             if total >= min_bytes
                 || any_error
                 || watchers.is_empty()
@@ -137,6 +156,7 @@ fn read_all(
     version: i16,
     max_bytes: usize,
     read_committed: bool,
+    replica: bool,
 ) -> (FetchResponse, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
@@ -146,16 +166,20 @@ fn read_all(
         for w in &t.parts {
             let mut out = PartitionData::default().with_partition_index(w.index);
             let result = w.partition.as_ref().map_err(Clone::clone).and_then(|p| {
-                check_epoch(w.current_leader_epoch, p.leader_epoch)?;
+                check_epoch(w.current_leader_epoch, p.leader_epoch())?;
                 let limit = w.max_bytes.min(max_bytes.saturating_sub(total));
-                p.log
-                    .read(w.offset, limit, total == 0, i64::MAX)
-                    .map_err(|e| {
-                        if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
-                            tracing::error!(log = p.log.name(), error = %e, "fetch read failed");
-                        }
-                        ApiError::from(e)
-                    })
+                // Consumers never see data above the high watermark.
+                let upper = if replica {
+                    i64::MAX
+                } else {
+                    p.log.high_watermark()
+                };
+                p.log.read(w.offset, limit, total == 0, upper).map_err(|e| {
+                    if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                        tracing::error!(log = p.log.name(), error = %e, "fetch read failed");
+                    }
+                    ApiError::from(e)
+                })
             });
             match result {
                 Ok(r) => {

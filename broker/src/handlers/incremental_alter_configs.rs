@@ -9,6 +9,7 @@ use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterC
 
 use super::describe_configs::{BROKER, TOPIC};
 use super::{alter_configs, s, Ctx};
+use crate::broker::Broker;
 use crate::config::{Kind, TOPIC_KEYS};
 use crate::error::ApiError;
 
@@ -18,21 +19,18 @@ const APPEND: i8 = 2;
 const SUBTRACT: i8 = 3;
 
 fn current(
-    ctx: &Ctx<'_>,
+    broker: &Broker,
     resource_type: i8,
     name: &str,
 ) -> Result<BTreeMap<String, String>, ApiError> {
-    let catalog = &ctx.broker.catalog;
+    let catalog = &broker.catalog;
     match resource_type {
-        TOPIC => catalog
-            .get(name)
-            .map(|t| t.configs.read().clone())
-            .ok_or_else(|| {
-                ApiError::new(
-                    ResponseError::UnknownTopicOrPartition,
-                    format!("topic '{name}' does not exist"),
-                )
-            }),
+        TOPIC => catalog.get(name).map(|t| t.configs()).ok_or_else(|| {
+            ApiError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic '{name}' does not exist"),
+            )
+        }),
         BROKER => Ok(catalog.dynamic_configs()),
         other => Err(ApiError::new(
             ResponseError::InvalidRequest,
@@ -50,13 +48,13 @@ fn is_list(key: &str) -> bool {
 pub fn handle(
     ctx: &Ctx<'_>,
     req: IncrementalAlterConfigsRequest,
-) -> IncrementalAlterConfigsResponse {
-    let responses = req
-        .resources
-        .into_iter()
-        .map(|r| {
+) -> impl std::future::Future<Output = IncrementalAlterConfigsResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    async move {
+        let mut responses = Vec::with_capacity(req.resources.len());
+        for r in req.resources {
             let name = r.resource_name.as_str().to_owned();
-            let outcome = current(ctx, r.resource_type, &name).and_then(|mut configs| {
+            let planned = current(&broker, r.resource_type, &name).and_then(|mut configs| {
                 for c in &r.configs {
                     let key = c.name.as_str().to_owned();
                     let value = c.value.as_ref().map(|v| v.as_str().to_owned());
@@ -107,18 +105,31 @@ pub fn handle(
                         }
                     }
                 }
-                alter_configs::apply(ctx, r.resource_type, &name, configs, req.validate_only)
+                Ok(configs)
             });
+            let outcome = match planned {
+                Ok(configs) => {
+                    alter_configs::apply(
+                        &broker,
+                        r.resource_type,
+                        &name,
+                        configs,
+                        req.validate_only,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             let out = AlterConfigsResourceResponse::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name);
-            match outcome {
+            responses.push(match outcome {
                 Ok(()) => out,
                 Err(e) => out
                     .with_error_code(e.code())
                     .with_error_message(e.message.map(s)),
-            }
-        })
-        .collect();
-    IncrementalAlterConfigsResponse::default().with_responses(responses)
+            });
+        }
+        IncrementalAlterConfigsResponse::default().with_responses(responses)
+    }
 }

@@ -7,28 +7,40 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 
 use super::Ctx;
 
-pub fn handle(ctx: &Ctx<'_>, req: InitProducerIdRequest) -> InitProducerIdResponse {
-    if req.transactional_id.is_some() {
-        // No transaction coordinator yet: a transactional producer cannot start.
-        return InitProducerIdResponse::default()
-            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
-    }
-    let (id, epoch) = match (*req.producer_id, req.producer_epoch) {
-        (id, epoch) if id >= 0 && (0..i16::MAX - 1).contains(&epoch) => (Ok(id), epoch + 1),
-        _ => (ctx.broker.producer_ids.allocate(), 0),
-    };
-    match id {
-        Ok(id) => InitProducerIdResponse::default()
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(epoch),
-        Err(e) => {
-            tracing::error!(error = %e, "could not allocate a producer id");
-            InitProducerIdResponse::default()
-                .with_error_code(ResponseError::KafkaStorageError.code())
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: InitProducerIdRequest,
+) -> impl std::future::Future<Output = InitProducerIdResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    async move {
+        if req.transactional_id.is_some() {
+            // No transaction coordinator yet: a transactional producer cannot start.
+            return InitProducerIdResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                 .with_producer_id(ProducerId(-1))
-                .with_producer_epoch(-1)
+                .with_producer_epoch(-1);
+        }
+        let (id, epoch) = match (*req.producer_id, req.producer_epoch) {
+            (id, epoch) if id >= 0 && (0..i16::MAX - 1).contains(&epoch) => (Ok(id), epoch + 1),
+            _ => (
+                broker
+                    .producer_ids
+                    .allocate(&broker.quorum, broker.node_id())
+                    .await,
+                0,
+            ),
+        };
+        match id {
+            Ok(id) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch),
+            Err(e) => {
+                tracing::warn!(error = ?e, "could not allocate a producer id");
+                InitProducerIdResponse::default()
+                    .with_error_code(e.code())
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1)
+            }
         }
     }
 }

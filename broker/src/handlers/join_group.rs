@@ -42,7 +42,19 @@ pub fn handle(
         require_known_member_id: version >= 4,
         supports_skip_assignment: version >= 9,
     };
-    let rx = ctx.broker.groups.join(join);
+    let rx = match ctx.broker.check_coordinator(&join.group_id) {
+        Ok(()) => ctx.broker.groups.join(join),
+        Err(e) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(JoinResult {
+                error: Some(e.code),
+                generation: -1,
+                member_id: join.member_id,
+                ..Default::default()
+            });
+            rx
+        }
+    };
     async move {
         let r = rx.await.unwrap_or_else(|_| JoinResult {
             error: Some(ResponseError::CoordinatorNotAvailable),

@@ -9,6 +9,9 @@ use super::Ctx;
 pub fn handle(ctx: &Ctx<'_>, req: LeaveGroupRequest) -> LeaveGroupResponse {
     let groups = &ctx.broker.groups;
     let group = req.group_id.as_str();
+    if let Err(e) = ctx.broker.check_coordinator(group) {
+        return LeaveGroupResponse::default().with_error_code(e.code());
+    }
     if ctx.version < 3 {
         let result = groups.leave(group, req.member_id.as_str(), None);
         return LeaveGroupResponse::default().with_error_code(result.err().map_or(0, |e| e.code()));

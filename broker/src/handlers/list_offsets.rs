@@ -19,6 +19,7 @@ const LATEST_TIERED: i64 = -5;
 
 pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let catalog = &ctx.broker.catalog;
+    let replica = *req.replica_id >= 0;
     let topics = req
         .topics
         .into_iter()
@@ -33,12 +34,14 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     let found = (|| -> Result<(i64, i64, i32), ApiError> {
                         let part = topic
                             .as_ref()
-                            .and_then(|t| t.partition(p.partition_index))
-                            .ok_or(ResponseError::UnknownTopicOrPartition)?;
-                        check_epoch(p.current_leader_epoch, part.leader_epoch)?;
+                            .ok_or(ResponseError::UnknownTopicOrPartition)?
+                            .leader_partition(p.partition_index)?;
+                        let epoch = part.leader_epoch();
+                        check_epoch(p.current_leader_epoch, epoch)?;
                         let log = &part.log;
-                        let epoch = part.leader_epoch;
                         Ok(match p.timestamp {
+                            // Followers may ask for the log end; clients see the high watermark.
+                            LATEST if replica => (log.log_end_offset(), -1, epoch),
                             LATEST => (log.high_watermark(), -1, epoch),
                             EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1, epoch),
                             MAX_TIMESTAMP => match log.max_timestamp_offset()? {

@@ -1,31 +1,48 @@
-//! Metadata (key 3): brokers, cluster id, controller and topics with their partitions. Unknown
-//! topics are created when both the request and `auto.create.topics.enable` allow it.
-
-use std::sync::Arc;
+//! Metadata (key 3): live brokers, cluster id, controller and topics with their partitions'
+//! leaders, replicas and ISR, all from the local metadata image. Unknown topics are created
+//! when both the request and `auto.create.topics.enable` allow it.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use strom_raft::{MetadataImage, TopicImage};
 use uuid::Uuid;
 
+use super::describe_cluster::controller_id;
 use super::{s, Ctx};
-use crate::catalog::Topic;
+use crate::admin;
+use crate::catalog::is_internal;
 
-fn describe(ctx: &Ctx<'_>, topic: &Arc<Topic>) -> MetadataResponseTopic {
-    let node = BrokerId(ctx.broker.node_id());
+fn ids(v: &[i32]) -> Vec<BrokerId> {
+    v.iter().map(|b| BrokerId(*b)).collect()
+}
+
+fn describe(version: i16, image: &MetadataImage, topic: &TopicImage) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
-        .read()
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
+            let offline: Vec<i32> = p
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| !image.is_live(*r))
+                .collect();
             let mut out = MetadataResponsePartition::default()
-                .with_partition_index(p.index)
-                .with_leader_id(node)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node]);
-            if ctx.version >= 7 {
+                .with_partition_index(i as i32)
+                .with_leader_id(BrokerId(p.leader))
+                .with_replica_nodes(ids(&p.replicas))
+                .with_isr_nodes(ids(&p.isr));
+            if p.leader < 0 {
+                out.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+            if version >= 5 {
+                out.offline_replicas = ids(&offline);
+            }
+            if version >= 7 {
                 out.leader_epoch = p.leader_epoch;
             }
             out
@@ -33,9 +50,9 @@ fn describe(ctx: &Ctx<'_>, topic: &Arc<Topic>) -> MetadataResponseTopic {
         .collect();
     let mut out = MetadataResponseTopic::default()
         .with_name(Some(TopicName(s(topic.name.clone()))))
-        .with_is_internal(topic.is_internal())
+        .with_is_internal(is_internal(&topic.name))
         .with_partitions(partitions);
-    if ctx.version >= 10 {
+    if version >= 10 {
         out.topic_id = topic.id;
     }
     out
@@ -56,60 +73,94 @@ fn error_topic(
     out
 }
 
-pub fn handle(ctx: &Ctx<'_>, req: MetadataRequest) -> MetadataResponse {
-    let broker = ctx.broker;
-    let catalog = &broker.catalog;
-    // v0 has no null list: an empty list means "all topics".
-    let wanted = match req.topics {
-        Some(t) if !(ctx.version == 0 && t.is_empty()) => Some(t),
-        _ => None,
-    };
-    let topics = match wanted {
-        None => catalog.all().iter().map(|t| describe(ctx, t)).collect(),
-        Some(list) => list
-            .into_iter()
-            .map(|wanted| match wanted.name {
-                Some(name) => {
-                    let lookup = if req.allow_auto_topic_creation {
-                        catalog.get_or_auto_create(name.as_str())
-                    } else {
-                        catalog
-                            .get(name.as_str())
-                            .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into())
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: MetadataRequest,
+) -> impl std::future::Future<Output = MetadataResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    let version = ctx.version;
+    async move {
+        // v0 has no null list: an empty list means "all topics".
+        let wanted = match req.topics {
+            Some(t) if !(version == 0 && t.is_empty()) => Some(t),
+            _ => None,
+        };
+        let mut topics = Vec::new();
+        match wanted {
+            None => {
+                let image = broker.quorum.image();
+                topics.extend(image.topics.values().map(|t| describe(version, &image, t)));
+            }
+            Some(list) => {
+                for wanted in list {
+                    let out = match wanted.name {
+                        Some(name) => {
+                            let found = if req.allow_auto_topic_creation {
+                                admin::get_or_auto_create(&broker, name.as_str())
+                                    .await
+                                    .map(|t| t.image())
+                            } else {
+                                broker
+                                    .quorum
+                                    .image()
+                                    .topic(name.as_str())
+                                    .cloned()
+                                    .ok_or_else(|| ResponseError::UnknownTopicOrPartition.into())
+                            };
+                            match found {
+                                Ok(t) => describe(version, &broker.quorum.image(), &t),
+                                Err(e) => {
+                                    let code = match e.code {
+                                        // Still being created elsewhere: clients retry.
+                                        ResponseError::RequestTimedOut => {
+                                            ResponseError::LeaderNotAvailable.code()
+                                        }
+                                        _ => e.code(),
+                                    };
+                                    error_topic(Some(name), Uuid::nil(), code, version)
+                                }
+                            }
+                        }
+                        None => {
+                            let image = broker.quorum.image();
+                            match image.topic_by_id(&wanted.topic_id) {
+                                Some(t) => describe(version, &image, t),
+                                None => error_topic(
+                                    None,
+                                    wanted.topic_id,
+                                    ResponseError::UnknownTopicId.code(),
+                                    version,
+                                ),
+                            }
+                        }
                     };
-                    match lookup {
-                        Ok(t) => describe(ctx, &t),
-                        Err(e) => error_topic(Some(name), Uuid::nil(), e.code(), ctx.version),
-                    }
+                    topics.push(out);
                 }
-                None => match catalog.get_by_id(&wanted.topic_id) {
-                    Some(t) => describe(ctx, &t),
-                    None => error_topic(
-                        None,
-                        wanted.topic_id,
-                        ResponseError::UnknownTopicId.code(),
-                        ctx.version,
-                    ),
-                },
+            }
+        }
+        let image = broker.quorum.image();
+        let brokers = image
+            .live_brokers()
+            .map(|b| {
+                let mut out = MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.id))
+                    .with_host(s(b.endpoint.host.clone()))
+                    .with_port(i32::from(b.endpoint.port));
+                if version >= 1 {
+                    out.rack = b.rack.clone().map(s);
+                }
+                out
             })
-            .collect(),
-    };
-    let adv = &broker.config.advertised;
-    let mut self_broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(broker.node_id()))
-        .with_host(s(adv.host.clone()))
-        .with_port(i32::from(adv.port));
-    if ctx.version >= 1 {
-        self_broker.rack = broker.config.rack.clone().map(s);
+            .collect();
+        let mut resp = MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_topics(topics);
+        if version >= 1 {
+            resp.controller_id = BrokerId(controller_id(&broker));
+        }
+        if version >= 2 {
+            resp.cluster_id = Some(s(broker.cluster_id()));
+        }
+        resp
     }
-    let mut resp = MetadataResponse::default()
-        .with_brokers(vec![self_broker])
-        .with_topics(topics);
-    if ctx.version >= 1 {
-        resp.controller_id = BrokerId(broker.node_id());
-    }
-    if ctx.version >= 2 {
-        resp.cluster_id = Some(s(catalog.cluster_id.clone()));
-    }
-    resp
 }

@@ -35,6 +35,7 @@ mod metadata;
 mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
+mod offset_for_leader_epoch;
 mod produce;
 mod sync_group;
 
@@ -68,6 +69,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The supported range for an API key, if Strom implements it.
@@ -192,7 +194,16 @@ pub fn dispatch(
             &ctx,
             api_versions::handle(&ctx, decode(api, version, b)?),
         ),
-        ApiKey::Metadata => now(api, &ctx, metadata::handle(&ctx, decode(api, version, b)?)),
+        ApiKey::Metadata => Ok(later(
+            api,
+            &ctx,
+            metadata::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::OffsetForLeaderEpoch => now(
+            api,
+            &ctx,
+            offset_for_leader_epoch::handle(&ctx, decode(api, version, b)?),
+        ),
         ApiKey::Produce => match produce::handle(&ctx, decode(api, version, b)?) {
             produce::Outcome::Respond(fut) => Ok(later(api, &ctx, fut)),
             produce::Outcome::Silent => Ok(Reply::None),
@@ -208,21 +219,21 @@ pub fn dispatch(
             &ctx,
             list_offsets::handle(&ctx, decode(api, version, b)?),
         ),
-        ApiKey::CreateTopics => now(
+        ApiKey::CreateTopics => Ok(later(
             api,
             &ctx,
             create_topics::handle(&ctx, decode(api, version, b)?),
-        ),
-        ApiKey::DeleteTopics => now(
+        )),
+        ApiKey::DeleteTopics => Ok(later(
             api,
             &ctx,
             delete_topics::handle(&ctx, decode(api, version, b)?),
-        ),
-        ApiKey::CreatePartitions => now(
+        )),
+        ApiKey::CreatePartitions => Ok(later(
             api,
             &ctx,
             create_partitions::handle(&ctx, decode(api, version, b)?),
-        ),
+        )),
         ApiKey::DeleteRecords => now(
             api,
             &ctx,
@@ -233,31 +244,31 @@ pub fn dispatch(
             &ctx,
             describe_configs::handle(&ctx, decode(api, version, b)?),
         ),
-        ApiKey::AlterConfigs => now(
+        ApiKey::AlterConfigs => Ok(later(
             api,
             &ctx,
             alter_configs::handle(&ctx, decode(api, version, b)?),
-        ),
-        ApiKey::IncrementalAlterConfigs => now(
+        )),
+        ApiKey::IncrementalAlterConfigs => Ok(later(
             api,
             &ctx,
             incremental_alter_configs::handle(&ctx, decode(api, version, b)?),
-        ),
+        )),
         ApiKey::DescribeCluster => now(
             api,
             &ctx,
             describe_cluster::handle(&ctx, decode(api, version, b)?),
         ),
-        ApiKey::InitProducerId => now(
+        ApiKey::InitProducerId => Ok(later(
             api,
             &ctx,
             init_producer_id::handle(&ctx, decode(api, version, b)?),
-        ),
-        ApiKey::FindCoordinator => now(
+        )),
+        ApiKey::FindCoordinator => Ok(later(
             api,
             &ctx,
             find_coordinator::handle(&ctx, decode(api, version, b)?),
-        ),
+        )),
         ApiKey::JoinGroup => {
             let host = ctx.peer.to_owned();
             Ok(later(
@@ -330,7 +341,7 @@ pub fn dispatch(
 }
 
 /// A response string field from a Rust string.
-pub(crate) fn s(text: impl Into<String>) -> StrBytes {
+pub fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())
 }
 

@@ -28,13 +28,18 @@ pub fn handle(
 ) -> impl Future<Output = OffsetCommitResponse> + Send + 'static {
     let broker = Arc::clone(ctx.broker);
     let group = req.group_id.as_str().to_owned();
-    let allowed = broker.groups.check_commit(
-        &group,
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|i| i.as_str()),
-        req.generation_id_or_member_epoch,
-        ctx.version,
-    );
+    let allowed = broker
+        .check_coordinator(&group)
+        .map_err(|e| e.code)
+        .and_then(|()| {
+            broker.groups.check_commit(
+                &group,
+                req.member_id.as_str(),
+                req.group_instance_id.as_ref().map(|i| i.as_str()),
+                req.generation_id_or_member_epoch,
+                ctx.version,
+            )
+        });
     let now = commit_timestamp();
     // Per partition: Ok(record to write) or the error to report.
     let plan: Vec<TopicPlan> = req
@@ -47,10 +52,9 @@ pub fn handle(
                 .into_iter()
                 .map(|p| {
                     let verdict = allowed.and_then(|()| {
-                        if topic
+                        if !topic
                             .as_ref()
-                            .and_then(|tp| tp.partition(p.partition_index))
-                            .is_none()
+                            .is_some_and(|tp| tp.has_partition(p.partition_index))
                         {
                             return Err(ResponseError::UnknownTopicOrPartition);
                         }

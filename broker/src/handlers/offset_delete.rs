@@ -19,6 +19,9 @@ pub fn handle(
     let broker = Arc::clone(ctx.broker);
     async move {
         let group = req.group_id.as_str().to_owned();
+        if let Err(e) = broker.check_coordinator(&group) {
+            return OffsetDeleteResponse::default().with_error_code(e.code());
+        }
         let subscribed = match broker.groups.subscribed_topics(&group) {
             Ok(t) => t,
             Err(e) => return OffsetDeleteResponse::default().with_error_code(e.code()),

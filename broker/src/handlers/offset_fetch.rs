@@ -64,6 +64,11 @@ pub fn handle(ctx: &Ctx<'_>, req: OffsetFetchRequest) -> OffsetFetchResponse {
                         .map(|t| (t.name.as_str().to_owned(), t.partition_indexes))
                         .collect()
                 });
+                if let Err(e) = ctx.broker.check_coordinator(g.group_id.as_str()) {
+                    return OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_error_code(e.code());
+                }
                 let topics = lookup(&groups.fetch_offsets(g.group_id.as_str()), wanted)
                     .into_iter()
                     .map(|(t, parts)| {
@@ -95,6 +100,9 @@ pub fn handle(ctx: &Ctx<'_>, req: OffsetFetchRequest) -> OffsetFetchResponse {
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(out);
+    }
+    if let Err(e) = ctx.broker.check_coordinator(req.group_id.as_str()) {
+        return OffsetFetchResponse::default().with_error_code(e.code());
     }
     let wanted = req.topics.map(|ts| {
         ts.into_iter()

@@ -16,6 +16,8 @@ use strom_protocol::batch::{self, BatchError};
 use strom_protocol::records;
 use strom_storage::Log;
 
+use crate::catalog::Partition;
+
 use super::{s, Ctx};
 use crate::error::ApiError;
 
@@ -25,7 +27,7 @@ const RECOMPRESS_LIMIT: usize = 256 << 20;
 /// What happened to one partition's data before any waiting.
 struct Appended {
     index: i32,
-    outcome: Result<(strom_storage::AppendResult, Arc<Log>), ApiError>,
+    outcome: Result<(strom_storage::AppendResult, Arc<Partition>), ApiError>,
 }
 
 fn batch_error(e: &BatchError) -> ApiError {
@@ -126,11 +128,17 @@ pub fn handle(
                     }
                     let partition = topic
                         .as_ref()
-                        .and_then(|t| t.partition(index))
-                        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+                        .ok_or(ResponseError::UnknownTopicOrPartition)?
+                        .leader_partition(index)?;
                     let data = prepare(p.records, &partition.log)?;
-                    let result = partition.log.append(data, partition.leader_epoch)?;
-                    Ok((result, partition.log.clone()))
+                    let state = partition.leader_state()?;
+                    let min_isr = partition.log.config().min_insync_replicas.max(1) as usize;
+                    if acks == -1 && state.isr.len() < min_isr {
+                        return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("ISR {:?} is smaller than min.insync.replicas={min_isr}", state.isr)));
+                    }
+                    let result = partition.log.append(data, state.leader_epoch)?;
+                    partition.advance_high_watermark();
+                    Ok((result, partition.clone()))
                 })();
                 if let Err(e) = &outcome {
                     tracing::debug!(topic = %t.name.as_str(), partition = index, error = ?e, "produce rejected");
@@ -160,24 +168,14 @@ pub fn handle(
             None => Outcome::Silent,
         };
     }
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
     Outcome::Respond(async move {
         let mut responses = Vec::with_capacity(topics.len());
         for (name, parts) in topics {
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
                 let outcome = match p.outcome {
-                    Ok((r, log)) => {
-                        let must_flush =
-                            r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
-                        match must_flush {
-                            true => log
-                                .wait_flushed(r.last_offset + 1)
-                                .await
-                                .map(|()| r)
-                                .map_err(ApiError::from),
-                            false => Ok(r),
-                        }
-                    }
+                    Ok((r, partition)) => wait(&partition, r, acks, timeout).await,
                     Err(e) => Err(e),
                 };
                 out.push(partition_response(p.index, outcome, version));
@@ -190,6 +188,39 @@ pub fn handle(
         }
         ProduceResponse::default().with_responses(responses)
     })
+}
+
+/// What the producer waits for: with acks=all, replication to the ISR (plus the group-commit
+/// fsync when `log.flush.acks.all`); with `flush.messages` reached, the fsync.
+async fn wait(
+    partition: &Partition,
+    r: strom_storage::AppendResult,
+    acks: i16,
+    timeout: std::time::Duration,
+) -> Result<strom_storage::AppendResult, ApiError> {
+    let log = &partition.log;
+    let end = r.last_offset + 1;
+    let flush = r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
+    let flushed = async {
+        if flush {
+            log_flushed(log, end).await
+        } else {
+            Ok(())
+        }
+    };
+    if acks == -1 {
+        let min_isr = log.config().min_insync_replicas.max(1) as usize;
+        let (c, f) = tokio::join!(partition.wait_committed(end, min_isr, timeout), flushed);
+        c?;
+        f?;
+    } else {
+        flushed.await?;
+    }
+    Ok(r)
+}
+
+async fn log_flushed(log: &Arc<Log>, end: i64) -> Result<(), ApiError> {
+    log.wait_flushed(end).await.map_err(ApiError::from)
 }
 
 fn partition_response(

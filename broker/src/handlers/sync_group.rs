@@ -13,20 +13,31 @@ pub fn handle(
     req: SyncGroupRequest,
 ) -> impl Future<Output = SyncGroupResponse> + Send + 'static {
     let version = ctx.version;
-    let rx = ctx.broker.groups.sync(
-        req.group_id.as_str(),
-        req.member_id.as_str(),
-        req.group_instance_id.as_ref().map(|i| i.as_str()),
-        req.generation_id,
-        (
-            req.protocol_type.as_ref().map(|p| p.as_str()),
-            req.protocol_name.as_ref().map(|p| p.as_str()),
+    let check = ctx.broker.check_coordinator(req.group_id.as_str());
+    let rx = match check {
+        Ok(()) => ctx.broker.groups.sync(
+            req.group_id.as_str(),
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|i| i.as_str()),
+            req.generation_id,
+            (
+                req.protocol_type.as_ref().map(|p| p.as_str()),
+                req.protocol_name.as_ref().map(|p| p.as_str()),
+            ),
+            req.assignments
+                .into_iter()
+                .map(|a| (a.member_id.as_str().to_owned(), a.assignment))
+                .collect(),
         ),
-        req.assignments
-            .into_iter()
-            .map(|a| (a.member_id.as_str().to_owned(), a.assignment))
-            .collect(),
-    );
+        Err(e) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(SyncResult {
+                error: Some(e.code),
+                ..Default::default()
+            });
+            rx
+        }
+    };
     async move {
         let r = rx.await.unwrap_or_else(|_| SyncResult {
             error: Some(ResponseError::CoordinatorNotAvailable),

@@ -1,0 +1,293 @@
+//! How a broker takes part in the cluster: it registers with the controller and heartbeats,
+//! reconciles its replicas with every metadata image (leading, following, loading the groups
+//! of the offsets partitions it leads), keeps the ISR of the partitions it leads honest, and
+//! moves leadership away before it stops.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use strom_raft::{Command, Endpoint, Heartbeat, Outcome};
+
+use crate::broker::Broker;
+use crate::catalog::{Partition, Transition};
+use crate::error::ApiError;
+use crate::group;
+
+impl Broker {
+    pub(crate) fn start_cluster_tasks(self: &Arc<Self>) {
+        tokio::spawn(self.clone().reconcile_loop());
+        tokio::spawn(self.clone().heartbeat_loop());
+    }
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut rx = self.quorum.subscribe();
+        loop {
+            let image = rx.borrow_and_update().clone();
+            self.catalog.set_cluster_id(&image.cluster_id);
+            let this = self.clone();
+            let img = image.clone();
+            let changes =
+                match tokio::task::spawn_blocking(move || this.catalog.reconcile(&img)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "metadata reconcile task failed");
+                        Vec::new()
+                    }
+                };
+            for (p, t) in changes {
+                self.on_transition(&p, t).await;
+            }
+            // Replicas that are gone (deleted topics, reassigned away) stop being fetched.
+            for (topic, index, _) in self.fetchers.followed() {
+                let hosted = self.catalog.get(&topic).and_then(|t| t.partition(index));
+                if !hosted.is_some_and(|p| !p.is_leader() && p.state().leader >= 0) {
+                    self.fetchers.unfollow_key(&topic, index);
+                }
+            }
+            self.reconciled.send_replace(image.offset);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn on_transition(self: &Arc<Self>, p: &Arc<Partition>, t: Transition) {
+        let offsets = p.topic == group::store::TOPIC;
+        match t {
+            Transition::BecameLeader => {
+                self.fetchers.unfollow(p);
+                if offsets {
+                    self.load_groups(p).await;
+                }
+            }
+            Transition::BecameFollower { leader, epoch } => {
+                tracing::info!(topic = %p.topic, partition = p.index, leader, epoch, "following");
+                self.fetchers.follow(self, p.clone(), leader, epoch);
+                if offsets {
+                    self.unload_groups(p.index);
+                }
+            }
+            Transition::Leaderless => {
+                tracing::warn!(topic = %p.topic, partition = p.index, "partition has no leader");
+                self.fetchers.unfollow(p);
+                if offsets {
+                    self.unload_groups(p.index);
+                }
+            }
+            Transition::Updated | Transition::Unchanged => {}
+        }
+    }
+
+    /// Becoming leader of an offsets partition: read its groups back and coordinate them.
+    async fn load_groups(&self, p: &Arc<Partition>) {
+        let count = self.offsets_topic().map_or(0, |t| t.partition_count());
+        let log = p.log.clone();
+        let loaded = tokio::task::spawn_blocking(move || group::store::load_partition(&log))
+            .await
+            .unwrap_or_default();
+        self.groups
+            .unload(|g| group::store::partition_for(g, count) == p.index);
+        self.groups.load(loaded);
+        self.coordinating.write().insert(p.index);
+        tracing::info!(
+            partition = p.index,
+            "coordinating the groups of offsets partition"
+        );
+    }
+
+    fn unload_groups(&self, index: i32) {
+        if self.coordinating.write().remove(&index) {
+            let count = self.offsets_topic().map_or(0, |t| t.partition_count());
+            self.groups
+                .unload(|g| group::store::partition_for(g, count) == index);
+            tracing::info!(
+                partition = index,
+                "no longer coordinating offsets partition"
+            );
+        }
+    }
+
+    /// NOT_COORDINATOR unless this node leads the group's offsets partition and has loaded it.
+    pub fn check_coordinator(&self, group: &str) -> Result<(), ApiError> {
+        let topic = self
+            .offsets_topic()
+            .map_err(|_| ApiError::from(ResponseError::CoordinatorNotAvailable))?;
+        let index = group::store::partition_for(group, topic.partition_count());
+        if self.coordinating.read().contains(&index) {
+            return Ok(());
+        }
+        match topic.partition(index) {
+            Some(p) if p.is_leader() => Err(ResponseError::CoordinatorLoadInProgress.into()),
+            _ => Err(ResponseError::NotCoordinator.into()),
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let c = &self.config.cluster;
+        let interval = Duration::from_millis(c.heartbeat_interval_ms);
+        let mut registered = false;
+        let mut warned_at: Option<tokio::time::Instant> = None;
+        loop {
+            if !registered {
+                let adv = &self.config.advertised;
+                let cmd = Command::RegisterBroker {
+                    id: self.node_id(),
+                    incarnation: self.catalog.incarnation,
+                    endpoint: Endpoint {
+                        host: adv.host.clone(),
+                        port: adv.port,
+                    },
+                    rack: self.config.rack.clone(),
+                    cluster_id: self.catalog.cluster_id(),
+                };
+                match self.quorum.propose(cmd).await {
+                    Ok(_) => {
+                        registered = true;
+                        tracing::info!(node = self.node_id(), "registered with the controller");
+                    }
+                    Err(e) => {
+                        if warned_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            tracing::warn!(error = %e, voters = ?c.voters, "cannot register with the controller quorum yet; check that a majority of controller.quorum.voters is running and reachable");
+                            warned_at = Some(tokio::time::Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let hb = Heartbeat {
+                broker: self.node_id(),
+                incarnation: self.catalog.incarnation,
+                applied: *self.reconciled.borrow(),
+                shutting_down: self.shutting_down.load(Ordering::Acquire),
+            };
+            match self.quorum.heartbeat(hb).await {
+                Ok(r) if !r.registered => registered = false,
+                Ok(r) => {
+                    let was = *self.fenced.borrow();
+                    if was != r.fenced {
+                        tracing::info!(fenced = r.fenced, "controller changed this broker's state");
+                    }
+                    self.fenced.send_replace(r.fenced);
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+            }
+            // Fenced brokers check in often so they start (or come back) quickly.
+            let pause = if *self.fenced.borrow() {
+                interval.min(Duration::from_millis(100))
+            } else {
+                interval
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Waits until the controller has unfenced this broker and its replicas reflect the
+    /// metadata that did it: the moment to start serving clients.
+    pub async fn wait_ready(&self) {
+        let mut fenced = self.fenced.subscribe();
+        let mut warned = tokio::time::Instant::now();
+        loop {
+            let image = self.quorum.image();
+            let me = image.brokers.get(&self.node_id());
+            let unfenced =
+                me.is_some_and(|b| !b.fenced && b.incarnation == self.catalog.incarnation);
+            if unfenced && *self.reconciled.borrow() >= image.offset {
+                return;
+            }
+            if warned.elapsed() > Duration::from_secs(10) {
+                tracing::info!(leader = ?self.quorum.leader(), "waiting to join the cluster (controller quorum and registration)");
+                warned = tokio::time::Instant::now();
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), fenced.changed()).await;
+        }
+    }
+
+    /// Controlled shutdown: ask the controller to fence this broker (moving leadership away)
+    /// and wait until the metadata shows it, so clients fail over without waiting for a
+    /// session timeout.
+    pub async fn controlled_shutdown(&self) {
+        if !self.config.cluster.controlled_shutdown {
+            return;
+        }
+        self.shutting_down.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
+            let hb = Heartbeat {
+                broker: self.node_id(),
+                incarnation: self.catalog.incarnation,
+                applied: *self.reconciled.borrow(),
+                shutting_down: true,
+            };
+            if let Ok(r) = self.quorum.heartbeat(hb).await {
+                if r.fenced {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let me = self.node_id();
+        let leads = |b: &Self| {
+            b.catalog.partitions().iter().any(|p| {
+                p.is_leader() && p.state().isr.len() > 1
+                    || p.is_leader()
+                        && p.state()
+                            .replicas
+                            .iter()
+                            .any(|r| *r != me && b.quorum.image().is_live(*r))
+            })
+        };
+        while leads(self) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("controlled shutdown complete");
+    }
+
+    /// ISR shrink (Kafka's `maybeShrinkIsr`): followers that have not caught up within
+    /// `replica.lag.time.max.ms` leave the ISR of the partitions this node leads.
+    pub(crate) fn shrink_lagging_isrs(self: &Arc<Self>) {
+        let lag = Duration::from_millis(self.config.cluster.replica_lag_time_max_ms);
+        for p in self.catalog.partitions() {
+            if let Some(isr) = p.lagging(lag) {
+                self.alter_isr(&p, isr);
+            }
+        }
+    }
+
+    /// Proposes a new ISR for a partition this node leads (AlterPartition), one at a time.
+    pub(crate) fn alter_isr(self: &Arc<Self>, p: &Arc<Partition>, isr: Vec<i32>) {
+        if !p.try_begin_alter() {
+            return;
+        }
+        let st = p.state();
+        if isr.len() < st.isr.len() {
+            tracing::warn!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?isr, "shrinking ISR: followers fell behind");
+        }
+        let cmd = Command::AlterPartition {
+            topic: p.topic.clone(),
+            partition: p.index,
+            leader: self.node_id(),
+            leader_epoch: st.leader_epoch,
+            partition_epoch: st.partition_epoch,
+            isr: isr.clone(),
+        };
+        let (this, p) = (self.clone(), p.clone());
+        tokio::spawn(async move {
+            match this.quorum.propose(cmd).await {
+                Ok((offset, Outcome::Partition(new))) => {
+                    tracing::info!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?new.isr, "ISR changed");
+                    this.wait_reconciled(offset, Duration::from_secs(5)).await;
+                }
+                Ok((_, other)) => {
+                    tracing::debug!(topic = %p.topic, partition = p.index, outcome = ?other, "ISR change refused")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change failed")
+                }
+            }
+            p.alter_done();
+        });
+    }
+}

@@ -1,0 +1,300 @@
+//! One partition replica on this node: its log plus what the metadata says about it (replicas,
+//! ISR, leader and epochs). As leader it tracks every follower's fetch position, moves the
+//! high watermark to the minimum over the ISR and decides when the ISR should shrink or grow.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use parking_lot::{Mutex, RwLock};
+use strom_raft::{BrokerId, PartitionState};
+use strom_storage::Log;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+
+/// A follower as the leader sees it (Kafka's `Replica` state).
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Its log end offset, from its last fetch (-1 before the first).
+    log_end: i64,
+    /// The last time it had everything the leader had.
+    caught_up_at: Instant,
+    /// The leader's log end and the time at its previous fetch.
+    prev_leader_end: i64,
+    prev_fetch_at: Instant,
+}
+
+/// How a metadata update changed this replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Unchanged,
+    BecameLeader,
+    /// Follow `leader` from now on (also when only the epoch changed).
+    BecameFollower {
+        leader: BrokerId,
+        epoch: i32,
+    },
+    /// No leader is available.
+    Leaderless,
+    /// Same leader and epoch, different ISR or replicas.
+    Updated,
+}
+
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    pub log: Arc<Log>,
+    node_id: BrokerId,
+    state: RwLock<PartitionState>,
+    progress: Mutex<HashMap<BrokerId, Progress>>,
+    /// An AlterPartition of ours is in flight: do not send another.
+    pub(crate) alter_pending: AtomicBool,
+    /// Bumped whenever the state changes, so waiting producers re-check leadership and ISR.
+    changed: watch::Sender<u64>,
+}
+
+impl Partition {
+    pub fn new(topic: String, index: i32, log: Arc<Log>, node_id: BrokerId) -> Self {
+        Self {
+            topic,
+            index,
+            log,
+            node_id,
+            state: RwLock::new(PartitionState {
+                replicas: Vec::new(),
+                isr: Vec::new(),
+                leader: -1,
+                leader_epoch: -1,
+                partition_epoch: -1,
+            }),
+            progress: Mutex::new(HashMap::new()),
+            alter_pending: AtomicBool::new(false),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn state(&self) -> PartitionState {
+        self.state.read().clone()
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.read().leader_epoch
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.state.read().leader == self.node_id
+    }
+
+    /// The state, if this node leads the partition; NOT_LEADER_OR_FOLLOWER otherwise.
+    pub fn leader_state(&self) -> Result<PartitionState, ApiError> {
+        let st = self.state.read();
+        if st.leader == self.node_id {
+            Ok(st.clone())
+        } else {
+            Err(ApiError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!(
+                    "broker {} is not the leader of {}-{} (leader: {})",
+                    self.node_id, self.topic, self.index, st.leader
+                ),
+            ))
+        }
+    }
+
+    /// Installs the state from a new metadata image.
+    pub fn apply(&self, new: &PartitionState) -> Transition {
+        let old = {
+            let mut st = self.state.write();
+            if *st == *new {
+                return Transition::Unchanged;
+            }
+            std::mem::replace(&mut *st, new.clone())
+        };
+        self.changed.send_modify(|v| *v += 1);
+        let me = self.node_id;
+        let epoch_changed = old.leader_epoch != new.leader_epoch || old.leader != new.leader;
+        if new.leader == me {
+            if epoch_changed {
+                self.become_leader(new);
+                return Transition::BecameLeader;
+            }
+            self.advance_high_watermark();
+            return Transition::Updated;
+        }
+        if new.leader < 0 {
+            return Transition::Leaderless;
+        }
+        if epoch_changed {
+            self.progress.lock().clear();
+            return Transition::BecameFollower {
+                leader: new.leader,
+                epoch: new.leader_epoch,
+            };
+        }
+        Transition::Updated
+    }
+
+    fn become_leader(&self, st: &PartitionState) {
+        if let Err(e) = self.log.begin_epoch(st.leader_epoch) {
+            tracing::error!(log = self.log.name(), error = %e, "could not record the leader epoch");
+        }
+        // Every ISR member gets a full lag window to show up, as in Kafka.
+        let now = Instant::now();
+        let mut progress = self.progress.lock();
+        progress.clear();
+        for r in st.replicas.iter().filter(|r| **r != self.node_id) {
+            progress.insert(
+                *r,
+                Progress {
+                    log_end: -1,
+                    caught_up_at: now,
+                    prev_leader_end: -1,
+                    prev_fetch_at: now,
+                },
+            );
+        }
+        drop(progress);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.index,
+            epoch = st.leader_epoch,
+            isr = ?st.isr,
+            log_end = self.log.log_end_offset(),
+            "became leader"
+        );
+        self.advance_high_watermark();
+    }
+
+    /// The high watermark is the smallest log end over the ISR; it never goes backwards.
+    pub fn advance_high_watermark(&self) {
+        let st = self.state.read();
+        if st.leader != self.node_id {
+            return;
+        }
+        let mut hw = self.log.log_end_offset();
+        let progress = self.progress.lock();
+        for r in st.isr.iter().filter(|r| **r != self.node_id) {
+            match progress.get(r) {
+                Some(p) if p.log_end >= 0 => hw = hw.min(p.log_end),
+                _ => return,
+            }
+        }
+        drop(progress);
+        drop(st);
+        self.log.set_high_watermark(hw);
+    }
+
+    /// A follower fetched from `fetch_offset`: it has everything below it. Returns the ISR
+    /// it should join, when it has caught up but is not in it yet.
+    pub fn follower_fetched(&self, follower: BrokerId, fetch_offset: i64) -> Option<Vec<BrokerId>> {
+        let now = Instant::now();
+        let leader_end = self.log.log_end_offset();
+        {
+            let mut progress = self.progress.lock();
+            let p = progress.entry(follower).or_insert(Progress {
+                log_end: -1,
+                caught_up_at: now - Duration::from_secs(3600),
+                prev_leader_end: -1,
+                prev_fetch_at: now,
+            });
+            if fetch_offset >= leader_end {
+                p.caught_up_at = now;
+            } else if p.prev_leader_end >= 0 && fetch_offset >= p.prev_leader_end {
+                p.caught_up_at = p.caught_up_at.max(p.prev_fetch_at);
+            }
+            p.prev_leader_end = leader_end;
+            p.prev_fetch_at = now;
+            p.log_end = fetch_offset;
+        }
+        self.advance_high_watermark();
+        let st = self.state.read();
+        if st.leader != self.node_id
+            || st.isr.contains(&follower)
+            || !st.replicas.contains(&follower)
+        {
+            return None;
+        }
+        // Join only with everything committed so far and at least the current epoch's start.
+        let epoch_start = self.log.latest_epoch().map_or(0, |(_, o)| o);
+        if fetch_offset >= self.log.high_watermark() && fetch_offset >= epoch_start {
+            let mut isr = st.isr.clone();
+            isr.push(follower);
+            return Some(isr);
+        }
+        None
+    }
+
+    /// ISR members (other than the leader) that have not caught up within `max_lag`.
+    pub fn lagging(&self, max_lag: Duration) -> Option<Vec<BrokerId>> {
+        let st = self.state.read();
+        if st.leader != self.node_id {
+            return None;
+        }
+        let progress = self.progress.lock();
+        let keep: Vec<BrokerId> = st
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| {
+                *r == self.node_id
+                    || progress
+                        .get(r)
+                        .is_some_and(|p| p.caught_up_at.elapsed() <= max_lag)
+            })
+            .collect();
+        (keep.len() < st.isr.len()).then_some(keep)
+    }
+
+    /// Waits until everything below `end` is committed (acks=all). Fails when leadership is
+    /// lost, when the ISR falls below `min_isr`, or at the deadline.
+    pub async fn wait_committed(
+        &self,
+        end: i64,
+        min_isr: usize,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut data = self.log.subscribe_end();
+        let mut changed = self.changed.subscribe();
+        loop {
+            data.borrow_and_update();
+            changed.borrow_and_update();
+            let st = self.leader_state()?;
+            if self.log.high_watermark() >= end {
+                if st.isr.len() < min_isr {
+                    return Err(ApiError::new(
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        format!(
+                            "written, but the ISR {:?} is smaller than min.insync.replicas={min_isr}",
+                            st.isr
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            tokio::select! {
+                r = data.changed() => if r.is_err() { return Err(ResponseError::NotLeaderOrFollower.into()) },
+                r = changed.changed() => if r.is_err() { return Err(ResponseError::NotLeaderOrFollower.into()) },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(ApiError::new(
+                        ResponseError::RequestTimedOut,
+                        format!("replicas did not confirm offset {} in time (ISR {:?})", end - 1, st.isr),
+                    ));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn alter_done(&self) {
+        self.alter_pending.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn try_begin_alter(&self) -> bool {
+        self.alter_pending
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
