@@ -42,6 +42,8 @@ pub struct Broker {
     pub(crate) reconciled: watch::Sender<u64>,
     /// Whether the controller has this broker fenced (starts fenced, as in Kafka).
     pub(crate) fenced: watch::Sender<bool>,
+    /// Metadata offset of this process's registration (0 until it registered).
+    pub(crate) registered_at: watch::Sender<u64>,
     pub(crate) shutting_down: AtomicBool,
     /// Offsets-topic partitions this node leads and has loaded: it coordinates their groups.
     pub(crate) coordinating: RwLock<HashSet<i32>>,
@@ -94,6 +96,7 @@ impl Broker {
             offsets_gate: tokio::sync::RwLock::new(()),
             reconciled: watch::Sender::new(0),
             fenced: watch::Sender::new(true),
+            registered_at: watch::Sender::new(0),
             shutting_down: AtomicBool::new(false),
             coordinating: RwLock::new(HashSet::new()),
         });

@@ -167,7 +167,7 @@ impl Catalog {
             std::fs::remove_file(&marker).map_err(io(&marker))?;
         }
         if !clean {
-            tracing::info!(dir = %root.display(), "no clean-shutdown marker: logs will be recovered");
+            tracing::info!(dir = %root.display(), "no clean-shutdown marker: recovering logs");
         }
         Ok(Self {
             broker,

@@ -143,8 +143,12 @@ impl Broker {
                     cluster_id: self.catalog.cluster_id(),
                 };
                 match self.quorum.propose(cmd).await {
-                    Ok(_) => {
+                    Ok((offset, _)) => {
                         registered = true;
+                        self.registered_at.send_replace(offset);
+                        // Heartbeat once the registration is applied here, so the controller
+                        // can unfence at the first try.
+                        self.wait_reconciled(offset, Duration::from_secs(1)).await;
                         tracing::info!(node = self.node_id(), "registered with the controller");
                     }
                     Err(e) => {

@@ -69,6 +69,8 @@ impl Partition {
                 leader: -1,
                 leader_epoch: -1,
                 partition_epoch: -1,
+                adding: Vec::new(),
+                removing: Vec::new(),
             }),
             progress: Mutex::new(HashMap::new()),
             alter_pending: AtomicBool::new(false),
@@ -246,6 +248,23 @@ impl Partition {
             })
             .collect();
         (keep.len() < st.isr.len()).then_some(keep)
+    }
+
+    /// ISR members known to be in sync right now: the leader plus followers that caught up
+    /// within `max_lag`. Smaller than the ISR when followers died and the controller could not
+    /// (yet) shrink it, e.g. without a quorum: acks=all is refused rather than left hanging.
+    pub fn in_sync_now(&self, max_lag: Duration) -> usize {
+        let st = self.state.read();
+        let progress = self.progress.lock();
+        st.isr
+            .iter()
+            .filter(|r| {
+                **r == self.node_id
+                    || progress
+                        .get(r)
+                        .is_some_and(|p| p.caught_up_at.elapsed() <= max_lag)
+            })
+            .count()
     }
 
     /// Waits until everything below `end` is committed (acks=all). Fails when leadership is

@@ -12,9 +12,16 @@ use strom_broker::handlers::{dispatch, Reply, SUPPORTED};
 use strom_broker::{Broker, BrokerConfig};
 
 /// One broker (with its single-node quorum) shared by every case.
-fn shared() -> &'static (tokio::runtime::Runtime, std::sync::Arc<Broker>, tempfile::TempDir) {
-    static SHARED: OnceLock<(tokio::runtime::Runtime, std::sync::Arc<Broker>, tempfile::TempDir)> =
-        OnceLock::new();
+fn shared() -> &'static (
+    tokio::runtime::Runtime,
+    std::sync::Arc<Broker>,
+    tempfile::TempDir,
+) {
+    static SHARED: OnceLock<(
+        tokio::runtime::Runtime,
+        std::sync::Arc<Broker>,
+        tempfile::TempDir,
+    )> = OnceLock::new();
     SHARED.get_or_init(|| {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");

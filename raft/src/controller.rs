@@ -91,3 +91,23 @@ pub(crate) fn imbalanced(image: &MetadataImage) -> Vec<(String, i32)> {
     }
     out
 }
+
+/// Ongoing reassignments whose target replicas are all in the ISR.
+pub(crate) fn reassignments_done(image: &MetadataImage) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in image.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if (p.adding.is_empty() && p.removing.is_empty())
+                || !p
+                    .replicas
+                    .iter()
+                    .filter(|b| !p.removing.contains(b))
+                    .all(|b| p.isr.contains(b))
+            {
+                continue;
+            }
+            out.push((t.name.clone(), i as i32));
+        }
+    }
+    out
+}

@@ -44,6 +44,12 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// Bumped by every change; AlterPartition is compare-and-set on it.
     pub partition_epoch: i32,
+    /// An ongoing reassignment: replicas being added (not yet in sync) and removed (once
+    /// every target replica is in the ISR). `replicas` holds both while it runs.
+    #[serde(default)]
+    pub adding: Vec<BrokerId>,
+    #[serde(default)]
+    pub removing: Vec<BrokerId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,12 +131,17 @@ pub enum Command {
     AllocateProducerIds {
         broker: BrokerId,
     },
-    /// Replaces the replica set of a partition (reassignment). New replicas enter the ISR only
-    /// by catching up; removed ones leave it at once.
+    /// Starts moving a partition to `replicas` (None cancels an ongoing move). New replicas
+    /// join and catch up first; the old ones leave in [`Command::CompleteReassignment`].
     Reassign {
         topic: String,
         partition: i32,
-        replicas: Vec<BrokerId>,
+        replicas: Option<Vec<BrokerId>>,
+    },
+    /// Every target replica is in the ISR: drop the replicas being removed.
+    CompleteReassignment {
+        topic: String,
+        partition: i32,
     },
 }
 
@@ -180,6 +191,8 @@ impl PartitionState {
             leader,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
         }
     }
 
@@ -393,28 +406,84 @@ impl MetadataImage {
                 partition,
                 replicas,
             } => {
-                if !self.valid_assignments(std::slice::from_ref(replicas)) || replicas.is_empty() {
-                    return Outcome::Rejected(Rejection::InvalidReplicaAssignment);
+                if let Some(target) = replicas {
+                    if target.is_empty() || !self.valid_assignments(std::slice::from_ref(target)) {
+                        return Outcome::Rejected(Rejection::InvalidReplicaAssignment);
+                    }
                 }
                 let brokers = self.brokers.clone();
                 let Some(p) = self.partition_mut(topic, *partition) else {
                     return Outcome::Rejected(Rejection::UnknownTopicOrPartition);
                 };
-                p.replicas = replicas.clone();
+                let original: Vec<BrokerId> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|b| !p.adding.contains(b))
+                    .collect();
+                match replicas {
+                    Some(target) => {
+                        p.adding = target
+                            .iter()
+                            .copied()
+                            .filter(|b| !original.contains(b))
+                            .collect();
+                        p.removing = original
+                            .iter()
+                            .copied()
+                            .filter(|b| !target.contains(b))
+                            .collect();
+                        p.replicas = target.iter().chain(p.removing.iter()).copied().collect();
+                    }
+                    None => {
+                        p.replicas = original;
+                        p.adding.clear();
+                        p.removing.clear();
+                    }
+                }
                 let kept: Vec<BrokerId> = p
                     .isr
                     .iter()
                     .copied()
-                    .filter(|b| replicas.contains(b))
+                    .filter(|b| p.replicas.contains(b))
                     .collect();
-                if kept.is_empty() {
-                    // Keep the old ISR until a new replica catches up: never elect an empty one.
-                    p.replicas
-                        .extend(p.isr.iter().copied().filter(|b| !replicas.contains(b)));
-                } else {
+                if !kept.is_empty() {
                     p.isr = kept;
                 }
-                if !p.isr.contains(&p.leader) {
+                if !p.replicas.contains(&p.leader) {
+                    let next = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|b| p.isr.contains(b) && brokers.get(b).is_some_and(|r| !r.fenced))
+                        .unwrap_or(-1);
+                    p.set_leader(next);
+                }
+                p.partition_epoch += 1;
+                Outcome::Partition(p.clone())
+            }
+            Command::CompleteReassignment { topic, partition } => {
+                let brokers = self.brokers.clone();
+                let Some(p) = self.partition_mut(topic, *partition) else {
+                    return Outcome::Rejected(Rejection::UnknownTopicOrPartition);
+                };
+                if p.adding.is_empty() && p.removing.is_empty() {
+                    return Outcome::Done;
+                }
+                let target: Vec<BrokerId> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|b| !p.removing.contains(b))
+                    .collect();
+                if !target.iter().all(|b| p.isr.contains(b)) {
+                    return Outcome::Rejected(Rejection::IneligibleReplica);
+                }
+                p.isr.retain(|b| target.contains(b));
+                p.replicas = target;
+                p.adding.clear();
+                p.removing.clear();
+                if !p.replicas.contains(&p.leader) {
                     let next = p
                         .replicas
                         .iter()
@@ -664,6 +733,51 @@ mod tests {
                 len: PRODUCER_ID_BLOCK
             }
         );
+    }
+
+    #[test]
+    fn reassignment_adds_first_and_removes_once_in_sync() {
+        let mut img = image_with(&[1, 2, 3, 4]);
+        let start = Command::Reassign {
+            topic: "t".into(),
+            partition: 0,
+            replicas: Some(vec![4, 2, 3]),
+        };
+        img.apply(11, &start);
+        let p = part(&img, 0);
+        assert_eq!(
+            (p.replicas.clone(), p.adding.clone(), p.removing.clone()),
+            (vec![4, 2, 3, 1], vec![4], vec![1])
+        );
+        assert_eq!(
+            p.leader, 1,
+            "the old leader keeps leading while 4 catches up"
+        );
+        let done = Command::CompleteReassignment {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert_eq!(
+            img.apply(12, &done),
+            Outcome::Rejected(Rejection::IneligibleReplica)
+        );
+        let p = part(&img, 0);
+        let grow = Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![1, 2, 3, 4],
+        };
+        assert!(matches!(img.apply(13, &grow), Outcome::Partition(_)));
+        assert!(matches!(img.apply(14, &done), Outcome::Partition(_)));
+        let p = part(&img, 0);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![4, 2, 3], vec![4, 2, 3], 4)
+        );
+        assert!(p.adding.is_empty() && p.removing.is_empty());
     }
 
     #[test]

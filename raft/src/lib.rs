@@ -411,6 +411,12 @@ impl Quorum {
                     tracing::warn!(broker = id, error = %e, "could not fence broker");
                 }
             }
+            for (topic, partition) in controller::reassignments_done(&image) {
+                tracing::info!(%topic, partition, "reassignment caught up: removing old replicas");
+                let _ = self
+                    .propose_here(Command::CompleteReassignment { topic, partition })
+                    .await;
+            }
             if self.cfg.auto_leader_rebalance
                 && last_rebalance.elapsed() >= Duration::from_millis(self.cfg.imbalance_check_ms)
             {

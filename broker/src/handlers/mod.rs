@@ -22,6 +22,7 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod describe_groups;
+mod elect_leaders;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -36,6 +37,7 @@ mod offset_commit;
 mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
+mod partition_reassignments;
 mod produce;
 mod sync_group;
 
@@ -70,6 +72,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// The supported range for an API key, if Strom implements it.
@@ -199,6 +204,21 @@ pub fn dispatch(
             &ctx,
             metadata::handle(&ctx, decode(api, version, b)?),
         )),
+        ApiKey::ElectLeaders => Ok(later(
+            api,
+            &ctx,
+            elect_leaders::handle(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::AlterPartitionReassignments => Ok(later(
+            api,
+            &ctx,
+            partition_reassignments::alter(&ctx, decode(api, version, b)?),
+        )),
+        ApiKey::ListPartitionReassignments => now(
+            api,
+            &ctx,
+            partition_reassignments::list(&ctx, decode(api, version, b)?),
+        ),
         ApiKey::OffsetForLeaderEpoch => now(
             api,
             &ctx,

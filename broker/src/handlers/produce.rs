@@ -110,6 +110,8 @@ pub fn handle(
     let version = ctx.version;
     let valid_acks = matches!(acks, -1..=1);
     let catalog = &ctx.broker.catalog;
+    let max_lag =
+        std::time::Duration::from_millis(ctx.broker.config.cluster.replica_lag_time_max_ms);
     let mut topics: Vec<(kafka_protocol::messages::TopicName, Vec<Appended>)> = Vec::new();
     for t in req.topic_data {
         let topic = catalog.get(t.name.as_str());
@@ -133,8 +135,8 @@ pub fn handle(
                     let data = prepare(p.records, &partition.log)?;
                     let state = partition.leader_state()?;
                     let min_isr = partition.log.config().min_insync_replicas.max(1) as usize;
-                    if acks == -1 && state.isr.len() < min_isr {
-                        return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("ISR {:?} is smaller than min.insync.replicas={min_isr}", state.isr)));
+                    if acks == -1 && partition.in_sync_now(max_lag) < min_isr {
+                        return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("fewer in-sync replicas than min.insync.replicas={min_isr} (ISR {:?})", state.isr)));
                     }
                     let result = partition.log.append(data, state.leader_epoch)?;
                     partition.advance_high_watermark();
