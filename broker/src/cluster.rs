@@ -70,7 +70,11 @@ impl Broker {
                 }
             }
             Transition::Leaderless => {
-                tracing::warn!(topic = %p.topic, partition = p.index, "partition has no leader");
+                if self.shutting_down.load(Ordering::Acquire) {
+                    tracing::debug!(topic = %p.topic, partition = p.index, "partition has no leader");
+                } else {
+                    tracing::warn!(topic = %p.topic, partition = p.index, "partition has no leader: waiting for an in-sync replica to return");
+                }
                 self.fetchers.unfollow(p);
                 if offsets {
                     self.unload_groups(p.index);
@@ -213,34 +217,42 @@ impl Broker {
     /// and wait until the metadata shows it, so clients fail over without waiting for a
     /// session timeout.
     pub async fn controlled_shutdown(&self) {
-        if !self.config.cluster.controlled_shutdown {
+        let others = self
+            .quorum
+            .image()
+            .live_brokers()
+            .any(|b| b.id != self.node_id());
+        if !self.config.cluster.controlled_shutdown || !others {
+            // Alone, there is nobody to hand leadership to.
             return;
         }
         self.shutting_down.store(true, Ordering::Release);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < deadline {
+        // Bounded: when the whole cluster stops at once the quorum goes away mid-way, and a
+        // stop must not hang on it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut failures = 0;
+        while tokio::time::Instant::now() < deadline && failures < 3 {
             let hb = Heartbeat {
                 broker: self.node_id(),
                 incarnation: self.catalog.incarnation,
                 applied: *self.reconciled.borrow(),
                 shutting_down: true,
             };
-            if let Ok(r) = self.quorum.heartbeat(hb).await {
-                if r.fenced {
-                    break;
-                }
+            let sent = tokio::time::timeout(Duration::from_secs(2), self.quorum.heartbeat(hb)).await;
+            match sent {
+                Ok(Ok(r)) if r.fenced => break,
+                Ok(Ok(_)) => {}
+                _ => failures += 1,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Wait until no partition this node leads has an in-sync successor left to take over.
         let me = self.node_id();
         let leads = |b: &Self| {
+            let image = b.quorum.image();
             b.catalog.partitions().iter().any(|p| {
-                p.is_leader() && p.state().isr.len() > 1
-                    || p.is_leader()
-                        && p.state()
-                            .replicas
-                            .iter()
-                            .any(|r| *r != me && b.quorum.image().is_live(*r))
+                let st = p.state();
+                st.leader == me && st.isr.iter().any(|r| *r != me && image.is_live(*r))
             })
         };
         while leads(self) && tokio::time::Instant::now() < deadline {
