@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Strom's whole test suite, exactly as CI runs it (.ci/run calls this):
 #   bash tests/run.sh
-# It installs what the tests need (Debian packages, the Python clients, the Java client jars),
+# It installs what the tests need (Debian packages incl. iptables, the Python clients, the Java
+# client jars),
 # checks formatting and lints, runs every Rust test (unit, storage, black-box with librdkafka),
 # then the stock-client compatibility suite against a real strom binary.
 set -euo pipefail
@@ -21,6 +22,16 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build"
 cargo build --bin strom
+
+step "system packages"
+# The cluster tests cut nodes off from each other with iptables (they run as root, as CI does).
+if ! command -v iptables >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq iptables >/dev/null
+fi
+iptables --version
 
 step "rust tests"
 cargo test --workspace
