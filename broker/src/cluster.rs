@@ -238,7 +238,8 @@ impl Broker {
                 applied: *self.reconciled.borrow(),
                 shutting_down: true,
             };
-            let sent = tokio::time::timeout(Duration::from_secs(2), self.quorum.heartbeat(hb)).await;
+            let sent =
+                tokio::time::timeout(Duration::from_secs(2), self.quorum.heartbeat(hb)).await;
             match sent {
                 Ok(Ok(r)) if r.fenced => break,
                 Ok(Ok(_)) => {}

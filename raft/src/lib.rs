@@ -96,7 +96,9 @@ pub struct Quorum {
     cfg: QuorumConfig,
     raft: Raft<TypeConfig>,
     image: watch::Receiver<Arc<MetadataImage>>,
-    peers: tokio::sync::Mutex<HashMap<u64, network::Peer>>,
+    /// Connections to other controllers for forwarded proposals, and separate ones for
+    /// heartbeats so that a slow proposal never delays a heartbeat past the session timeout.
+    peers: parking_lot::Mutex<HashMap<(u64, bool), Arc<tokio::sync::Mutex<network::Peer>>>>,
     sessions: controller::Sessions,
 }
 
@@ -140,7 +142,7 @@ impl Quorum {
             cfg,
             raft,
             image,
-            peers: tokio::sync::Mutex::new(HashMap::new()),
+            peers: parking_lot::Mutex::new(HashMap::new()),
             sessions: controller::Sessions::default(),
         });
         if let Some(listener) = listener {
@@ -238,7 +240,7 @@ impl Quorum {
             let attempt = match self.leader() {
                 Some(l) if l == self.cfg.node_id => self.propose_here(cmd.clone()).await,
                 Some(l) => self
-                    .forward(l, network::Request::Propose(cmd.clone()))
+                    .forward(l, network::Request::Propose(cmd.clone()), false)
                     .await
                     .and_then(|r| match r {
                         network::Reply::Propose(r) => r,
@@ -276,7 +278,10 @@ impl Quorum {
     pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatReply, ProposeError> {
         match self.leader() {
             Some(l) if l == self.cfg.node_id => self.heartbeat_here(hb).await,
-            Some(l) => match self.forward(l, network::Request::Heartbeat(hb)).await? {
+            Some(l) => match self
+                .forward(l, network::Request::Heartbeat(hb), true)
+                .await?
+            {
                 network::Reply::Heartbeat(r) => r,
                 _ => Err(ProposeError::NotLeader),
             },
@@ -288,15 +293,34 @@ impl Quorum {
         &self,
         leader: u64,
         req: network::Request,
+        heartbeat: bool,
     ) -> Result<network::Reply, ProposeError> {
         let Some(addr) = self.cfg.voters.get(&leader) else {
             return Err(ProposeError::NotLeader);
         };
-        let mut peers = self.peers.lock().await;
-        let peer = peers
-            .entry(leader)
-            .or_insert_with(|| network::Peer::new(addr.clone(), self.cfg.bind_ip));
-        let timeout = Duration::from_millis(self.cfg.propose_timeout_ms.clamp(500, 5000));
+        let peer = self
+            .peers
+            .lock()
+            .entry((leader, heartbeat))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(network::Peer::new(
+                    addr.clone(),
+                    self.cfg.bind_ip,
+                )))
+            })
+            .clone();
+        // A heartbeat stuck on a controller that went away must give up well within the
+        // session timeout, so the broker reaches the next controller in time.
+        let timeout = if heartbeat {
+            Duration::from_millis((self.cfg.session_timeout_ms / 4).clamp(100, 2000))
+        } else {
+            Duration::from_millis(self.cfg.propose_timeout_ms.clamp(500, 5000))
+        };
+        let Ok(mut peer) = tokio::time::timeout(timeout, peer.lock()).await else {
+            return Err(ProposeError::NoQuorum(format!(
+                "controller {leader}: connection busy"
+            )));
+        };
         peer.call(&req, timeout)
             .await
             .map_err(|e| ProposeError::NoQuorum(format!("controller {leader}: {e}")))

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod proxy;
 
 /// Path of the `strom` binary: `$STROM_BIN`, else the workspace's debug or release build.

@@ -139,8 +139,13 @@ pub fn handle(
             }
         }
         let image = broker.quorum.image();
+        // Never an empty broker list: clients drop every connection they know on one. While
+        // all brokers are fenced (a controller change), list the registered ones.
+        let live = image.live_brokers().count() > 0;
         let brokers = image
-            .live_brokers()
+            .brokers
+            .values()
+            .filter(|b| !live || !b.fenced)
             .map(|b| {
                 let mut out = MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.id))
