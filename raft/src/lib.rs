@@ -92,13 +92,15 @@ pub struct QuorumConfig {
     pub propose_timeout_ms: u64,
 }
 
+type SharedPeer = Arc<tokio::sync::Mutex<network::Peer>>;
+
 pub struct Quorum {
     cfg: QuorumConfig,
     raft: Raft<TypeConfig>,
     image: watch::Receiver<Arc<MetadataImage>>,
     /// Connections to other controllers for forwarded proposals, and separate ones for
     /// heartbeats so that a slow proposal never delays a heartbeat past the session timeout.
-    peers: parking_lot::Mutex<HashMap<(u64, bool), Arc<tokio::sync::Mutex<network::Peer>>>>,
+    peers: parking_lot::Mutex<HashMap<(u64, bool), SharedPeer>>,
     sessions: controller::Sessions,
 }
 
