@@ -47,8 +47,9 @@ fn append_and_read(c: &mut Criterion) {
     .expect("log");
     let mut g = c.benchmark_group("log");
     g.throughput(Throughput::Bytes(b.len() as u64));
+    let b = Bytes::from(b);
     g.bench_function("append_64x1KiB", |bench| {
-        bench.iter(|| log.append(BytesMut::from(&b[..]), 0).expect("append"))
+        bench.iter(|| log.append(b.clone(), 0).expect("append"))
     });
     let end = log.log_end_offset();
     g.throughput(Throughput::Bytes(1 << 20));

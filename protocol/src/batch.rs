@@ -14,6 +14,9 @@ use crate::codec::Codec;
 pub const LOG_OVERHEAD: usize = 12;
 /// Size of the fixed v2 batch header, records excluded.
 pub const HEADER_LEN: usize = 61;
+/// Bytes at the start of a batch that the CRC does not cover (base offset, length, partition
+/// leader epoch, magic, up to the CRC itself): a broker may rewrite them without re-checksumming.
+pub const UNCHECKED_PREFIX: usize = 17;
 
 const PARTITION_LEADER_EPOCH: usize = 12;
 const MAGIC: usize = 16;

@@ -276,11 +276,17 @@ impl Log {
 
     /// Appends validated batches (one or more, back to back), assigning offsets from the log
     /// end and stamping `leader_epoch`. Returns where they landed.
+    ///
+    /// The bytes are written as received: the fields outside the CRC (base offset, leader
+    /// epoch) go out from a small patched copy of each header, the rest straight from the
+    /// request buffer (one `pwritev`, no copy in user space). Only LogAppendTime topics, whose
+    /// stamp is covered by the CRC, copy the batch to rewrite it.
     pub fn append(
         &self,
-        mut data: BytesMut,
+        data: impl Into<Bytes>,
         leader_epoch: i32,
     ) -> Result<AppendResult, StorageError> {
+        let data: Bytes = data.into();
         let cfg = self.config();
         let now = now_ms();
         let mut inner = self.inner.lock();
@@ -305,21 +311,36 @@ impl Log {
         let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
         let mut messages = 0i64;
         let log_append_time = cfg.timestamp_type == TimestampType::LogAppendTime;
+        // LogAppendTime: a rewritten copy. Otherwise: patched header prefixes + the original.
+        let mut rewritten: Option<BytesMut> = log_append_time.then(|| BytesMut::from(&data[..]));
+        let mut prefixes: Vec<[u8; batch::UNCHECKED_PREFIX]> = Vec::new();
         let mut pos = 0usize;
         while pos < data.len() {
-            let slice = &mut data[pos..];
-            let (_, total) = batch::peek_offset_and_size(slice)
+            let (_, total) = batch::peek_offset_and_size(&data[pos..])
                 .map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
-            let one = slice
-                .get_mut(..total)
+            let one = data
+                .get(pos..pos + total)
                 .ok_or_else(|| StorageError::InvalidBatch("batch runs past the buffer".into()))?;
-            batch::set_base_offset(one, next);
-            batch::set_partition_leader_epoch(one, leader_epoch);
-            if log_append_time {
-                batch::set_log_append_time(one, now);
-            }
-            let h =
+            let mut h =
                 BatchHeader::parse(one).map_err(|e| StorageError::InvalidBatch(e.to_string()))?;
+            h.base_offset = next;
+            h.partition_leader_epoch = leader_epoch;
+            match rewritten.as_mut() {
+                Some(buf) => {
+                    let one = &mut buf[pos..pos + total];
+                    batch::set_base_offset(one, next);
+                    batch::set_partition_leader_epoch(one, leader_epoch);
+                    batch::set_log_append_time(one, now);
+                    h.max_timestamp = now;
+                }
+                None => {
+                    let mut prefix = [0u8; batch::UNCHECKED_PREFIX];
+                    prefix.copy_from_slice(&one[..batch::UNCHECKED_PREFIX]);
+                    batch::set_base_offset(&mut prefix, next);
+                    batch::set_partition_leader_epoch(&mut prefix, leader_epoch);
+                    prefixes.push(prefix);
+                }
+            }
             next = h.last_offset() + 1;
             messages += i64::from(h.records_count);
             headers.push((h, pos));
@@ -337,7 +358,18 @@ impl Log {
         let Some(active) = inner.segments.values_mut().next_back() else {
             return Err(StorageError::Offline(self.name.clone()));
         };
-        match active.append(&data, &headers) {
+        let written = match &rewritten {
+            Some(buf) => active.append(buf, &headers),
+            None => {
+                let mut parts: Vec<&[u8]> = Vec::with_capacity(headers.len() * 2);
+                for ((h, at), prefix) in headers.iter().zip(&prefixes) {
+                    parts.push(prefix);
+                    parts.push(&data[at + batch::UNCHECKED_PREFIX..at + h.total_len()]);
+                }
+                active.append_parts(&parts, data.len(), &headers)
+            }
+        };
+        match written {
             Ok(()) => {}
             Err(e) => {
                 if matches!(e, StorageError::Offline(_)) {
