@@ -250,11 +250,23 @@ impl Quorum {
                     }),
                 None => Err(ProposeError::NotLeader),
             };
+            // A known leader that refused (moving, unreachable): do not spin on it.
+            let attempt_failed_with_leader = self.leader().is_some();
             match attempt {
                 Err(ProposeError::NotLeader) | Err(ProposeError::NoQuorum(_))
                     if tokio::time::Instant::now() < deadline =>
                 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Retry as soon as a leader is known (at start-up, the election is
+                    // usually milliseconds away), or after 50 ms.
+                    let mut metrics = self.raft.metrics();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(50),
+                        metrics.wait_for(|m| m.current_leader.is_some()),
+                    )
+                    .await;
+                    if attempt_failed_with_leader {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
                 Err(ProposeError::NotLeader) => {
                     return Err(ProposeError::NoQuorum(format!(
