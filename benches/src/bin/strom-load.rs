@@ -28,7 +28,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const MB: f64 = 1_000_000.0;
@@ -39,7 +39,11 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 type Res<T> = Result<T, String>;
 
 #[derive(Parser)]
-#[command(name = "strom-load", version, about = "Load generator for Kafka-compatible brokers")]
+#[command(
+    name = "strom-load",
+    version,
+    about = "Load generator for Kafka-compatible brokers"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -319,8 +323,38 @@ impl Reporter {
     }
 }
 
+/// The result fields in insertion order (the final JSON line starts with "tool" and "mode").
+#[derive(Default)]
+struct Out(Vec<(String, Value)>);
+
+impl Out {
+    fn insert(&mut self, key: String, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn insert_str(&mut self, key: &str, value: Value) {
+        self.insert(key.to_owned(), value);
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn to_json(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+}
+
 /// Latency percentiles in milliseconds (None when nothing was recorded).
-fn latency_fields(prefix: &str, h: &Histogram<u64>, out: &mut Map<String, Value>) {
+fn latency_fields(prefix: &str, h: &Histogram<u64>, out: &mut Out) {
     let ms = |us: u64| us as f64 / 1000.0;
     let v = |q: f64| {
         if h.is_empty() {
@@ -358,7 +392,7 @@ fn fmt_ms(v: Option<&Value>) -> String {
 }
 
 /// Prints the human-readable summary and the final JSON line.
-fn finish(out: Map<String, Value>, latencies: &[(&str, &str)]) {
+fn finish(out: Out, latencies: &[(&str, &str)]) {
     let get = |k: &str| out.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     println!("---");
     println!(
@@ -391,7 +425,7 @@ fn finish(out: Map<String, Value>, latencies: &[(&str, &str)]) {
             None => String::new(),
         }
     );
-    println!("{}", Value::Object(out));
+    println!("{}", out.to_json());
 }
 
 fn base_config(common: &Common) -> ClientConfig {
@@ -424,7 +458,10 @@ fn topic_partitions(client: &BaseConsumer, topic: &str) -> Res<Option<Vec<(i32, 
         return Ok(None);
     }
     Ok(Some(
-        t.partitions().iter().map(|p| (p.id(), p.leader())).collect(),
+        t.partitions()
+            .iter()
+            .map(|p| (p.id(), p.leader()))
+            .collect(),
     ))
 }
 
@@ -687,7 +724,8 @@ fn run_producers(plan: &ProducePlan<'_>, t0: Instant, stats: &Arc<Stats>) -> Res
         }));
     }
     for t in threads {
-        t.join().map_err(|_| "a producer thread panicked".to_owned())?;
+        t.join()
+            .map_err(|_| "a producer thread panicked".to_owned())?;
     }
     let mut hist = new_histogram()?;
     let mut last_ack_ns = start_ns;
@@ -712,43 +750,43 @@ fn run_producers(plan: &ProducePlan<'_>, t0: Instant, stats: &Arc<Stats>) -> Res
     })
 }
 
-fn producer_params(out: &mut Map<String, Value>, common: &Common, o: &ProducerOpts) {
-    out.insert("bootstrap".into(), json!(common.bootstrap));
-    out.insert("topic".into(), json!(common.topic));
-    out.insert("record_size".into(), json!(o.record_size));
-    out.insert("acks".into(), json!(o.acks.as_str()));
-    out.insert("compression".into(), json!(o.compression.as_str()));
-    out.insert("linger_ms".into(), json!(o.linger_ms));
-    out.insert("batch_size".into(), json!(o.batch_size));
-    out.insert("idempotence".into(), json!(o.idempotence));
-    out.insert("partitions".into(), json!(o.partitions));
-    out.insert("replication_factor".into(), json!(o.replication_factor));
-    out.insert("min_insync".into(), json!(o.min_insync));
-    out.insert("producers".into(), json!(o.producers));
-    out.insert("payload".into(), json!(o.payload.as_str()));
+fn producer_params(out: &mut Out, common: &Common, o: &ProducerOpts) {
+    out.insert_str("bootstrap", json!(common.bootstrap));
+    out.insert_str("topic", json!(common.topic));
+    out.insert_str("record_size", json!(o.record_size));
+    out.insert_str("acks", json!(o.acks.as_str()));
+    out.insert_str("compression", json!(o.compression.as_str()));
+    out.insert_str("linger_ms", json!(o.linger_ms));
+    out.insert_str("batch_size", json!(o.batch_size));
+    out.insert_str("idempotence", json!(o.idempotence));
+    out.insert_str("partitions", json!(o.partitions));
+    out.insert_str("replication_factor", json!(o.replication_factor));
+    out.insert_str("min_insync", json!(o.min_insync));
+    out.insert_str("producers", json!(o.producers));
+    out.insert_str("payload", json!(o.payload.as_str()));
     let props: HashMap<&str, &str> = common
         .properties
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    out.insert("properties".into(), json!(props));
+    out.insert_str("properties", json!(props));
 }
 
-fn throughput_fields(out: &mut Map<String, Value>, records: u64, bytes: u64, elapsed: Duration) {
+fn throughput_fields(out: &mut Out, records: u64, bytes: u64, elapsed: Duration) {
     let s = elapsed.as_secs_f64().max(1e-9);
     let r2 = |x: f64| (x * 100.0).round() / 100.0;
-    out.insert("records".into(), json!(records));
-    out.insert("bytes".into(), json!(bytes));
-    out.insert("elapsed_s".into(), json!((s * 1000.0).round() / 1000.0));
-    out.insert("records_per_s".into(), json!(r2(records as f64 / s)));
-    out.insert("mib_per_s".into(), json!(r2(bytes as f64 / MIB / s)));
-    out.insert("mb_per_s".into(), json!(r2(bytes as f64 / MB / s)));
+    out.insert_str("records", json!(records));
+    out.insert_str("bytes", json!(bytes));
+    out.insert_str("elapsed_s", json!((s * 1000.0).round() / 1000.0));
+    out.insert_str("records_per_s", json!(r2(records as f64 / s)));
+    out.insert_str("mib_per_s", json!(r2(bytes as f64 / MIB / s)));
+    out.insert_str("mb_per_s", json!(r2(bytes as f64 / MB / s)));
 }
 
-fn error_fields(out: &mut Map<String, Value>, stats: &Stats) -> u64 {
+fn error_fields(out: &mut Out, stats: &Stats) -> u64 {
     let errors = stats.errors.load(Ordering::Relaxed);
-    out.insert("errors".into(), json!(errors));
-    out.insert("first_error".into(), json!(*lock(&stats.first_error)));
+    out.insert_str("errors", json!(errors));
+    out.insert_str("first_error", json!(*lock(&stats.first_error)));
     errors
 }
 
@@ -774,15 +812,15 @@ fn produce(a: ProduceArgs) -> Res<bool> {
     reporter.stop();
     let run = run?;
 
-    let mut out = Map::new();
-    out.insert("tool".into(), json!("strom-load"));
-    out.insert("mode".into(), json!("produce"));
+    let mut out = Out::default();
+    out.insert_str("tool", json!("strom-load"));
+    out.insert_str("mode", json!("produce"));
     producer_params(&mut out, &a.common, &a.producer);
-    out.insert("count".into(), json!(a.count));
-    out.insert("duration_secs".into(), json!(duration.map(|d| d.as_secs_f64())));
-    out.insert("rate".into(), json!(a.rate));
+    out.insert_str("count", json!(a.count));
+    out.insert_str("duration_secs", json!(duration.map(|d| d.as_secs_f64())));
+    out.insert_str("rate", json!(a.rate));
     throughput_fields(&mut out, run.records, run.bytes, run.elapsed);
-    out.insert("sent".into(), json!(run.sent));
+    out.insert_str("sent", json!(run.sent));
     latency_fields("latency_", &run.hist, &mut out);
     let errors = error_fields(&mut out, &stats);
     finish(out, &[("latency_", "send→ack")]);
@@ -843,9 +881,7 @@ fn consume(a: ConsumeArgs) -> Res<bool> {
         partitions.len()
     );
     let stats = Arc::new(Stats::default());
-    consumer
-        .assign(&tpl)
-        .map_err(|e| format!("assign: {e}"))?;
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let reporter = Reporter::start("consumed", stats.clone(), a.common.quiet);
     let start = Instant::now();
     let idle = Duration::from_secs_f64(a.idle_timeout_secs);
@@ -891,14 +927,14 @@ fn consume(a: ConsumeArgs) -> Res<bool> {
             idle.as_secs_f64()
         ));
     }
-    let mut out = Map::new();
-    out.insert("tool".into(), json!("strom-load"));
-    out.insert("mode".into(), json!("consume"));
-    out.insert("bootstrap".into(), json!(a.common.bootstrap));
-    out.insert("topic".into(), json!(topic));
-    out.insert("partitions".into(), json!(partitions.len()));
-    out.insert("count".into(), json!(a.count));
-    out.insert("available".into(), json!(available));
+    let mut out = Out::default();
+    out.insert_str("tool", json!("strom-load"));
+    out.insert_str("mode", json!("consume"));
+    out.insert_str("bootstrap", json!(a.common.bootstrap));
+    out.insert_str("topic", json!(topic));
+    out.insert_str("partitions", json!(partitions.len()));
+    out.insert_str("count", json!(a.count));
+    out.insert_str("available", json!(available));
     throughput_fields(&mut out, records, bytes, last.duration_since(start));
     out.insert(
         "first_record_ms".into(),
@@ -931,9 +967,7 @@ fn e2e(a: E2eArgs) -> Res<bool> {
         tpl.add_partition_offset(&topic, p, Offset::Offset(high))
             .map_err(|e| format!("assign: {e}"))?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(|e| format!("assign: {e}"))?;
+    consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     // Let the consumer connect and start fetching before the clock starts.
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(500) {
@@ -1020,26 +1054,26 @@ fn e2e(a: E2eArgs) -> Res<bool> {
     let run = run?;
     let (e2e_hist, _last) = joined.map_err(|_| "the consumer thread panicked".to_owned())??;
 
-    let mut out = Map::new();
-    out.insert("tool".into(), json!("strom-load"));
-    out.insert("mode".into(), json!("e2e"));
+    let mut out = Out::default();
+    out.insert_str("tool", json!("strom-load"));
+    out.insert_str("mode", json!("e2e"));
     producer_params(&mut out, &a.common, &a.producer);
-    out.insert("partitions".into(), json!(partitions.len()));
-    out.insert("rate".into(), json!(a.rate));
-    out.insert("duration_secs".into(), json!(a.duration_secs));
+    out.insert_str("partitions", json!(partitions.len()));
+    out.insert_str("rate", json!(a.rate));
+    out.insert_str("duration_secs", json!(a.duration_secs));
     let records = consumed.records.load(Ordering::Relaxed);
     let bytes = consumed.bytes.load(Ordering::Relaxed);
     throughput_fields(&mut out, records, bytes, run.elapsed);
-    out.insert("sent".into(), json!(run.sent));
-    out.insert("delivered".into(), json!(run.records));
+    out.insert_str("sent", json!(run.sent));
+    out.insert_str("delivered", json!(run.records));
     latency_fields("latency_", &e2e_hist, &mut out);
     latency_fields("ack_latency_", &run.hist, &mut out);
     let errors = produced.errors.load(Ordering::Relaxed) + consumed.errors.load(Ordering::Relaxed);
     let first_error = lock(&produced.first_error)
         .clone()
         .or_else(|| lock(&consumed.first_error).clone());
-    out.insert("errors".into(), json!(errors));
-    out.insert("first_error".into(), json!(first_error));
+    out.insert_str("errors", json!(errors));
+    out.insert_str("first_error", json!(first_error));
     finish(
         out,
         &[("latency_", "end-to-end"), ("ack_latency_", "send→ack")],
