@@ -10,8 +10,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strom_tests::Strom;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -81,18 +83,33 @@ fn poll_until_balanced(
     owners_wanted: usize,
 ) -> Vec<BTreeSet<i32>> {
     let deadline = Instant::now() + TIMEOUT;
+    // Commits that met a rebalance (REBALANCE_IN_PROGRESS while the group completes it, as
+    // Kafka answers) are retried once the member has polled again.
+    let mut pending: Vec<(usize, TopicPartitionList)> = Vec::new();
     loop {
-        for c in members {
+        pending.retain(|(i, tpl)| match members[*i].commit(tpl, CommitMode::Sync) {
+            Ok(()) => false,
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress)) => true,
+            // The partition moved to another member, which resumes from the last commit.
+            Err(KafkaError::ConsumerCommit(
+                RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::UnknownMemberId,
+            )) => false,
+            Err(e) => panic!("commit: {e:?}"),
+        });
+        for (i, c) in members.iter().enumerate() {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                 seen.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-                c.commit_message(&m, CommitMode::Sync).expect("commit");
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))
+                    .expect("tpl");
+                pending.push((i, tpl));
             }
         }
         let sets: Vec<BTreeSet<i32>> = members.iter().map(|c| assignment(c)).collect();
         let all: Vec<i32> = sets.iter().flatten().copied().collect();
         let unique: BTreeSet<i32> = all.iter().copied().collect();
         let owners = sets.iter().filter(|s| !s.is_empty()).count();
-        if all.len() == 3 && unique.len() == 3 && owners == owners_wanted {
+        if all.len() == 3 && unique.len() == 3 && owners == owners_wanted && pending.is_empty() {
             return sets;
         }
         assert!(Instant::now() < deadline, "group never balanced: {sets:?}");
