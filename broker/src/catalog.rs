@@ -232,6 +232,10 @@ impl Catalog {
     /// changed. Runs on a blocking thread (it opens and deletes logs).
     pub fn reconcile(&self, image: &MetadataImage) -> Vec<(Arc<Partition>, Transition)> {
         let me = self.broker.node_id;
+        let active = image
+            .brokers
+            .get(&me)
+            .is_some_and(|b| b.incarnation == self.incarnation && !b.fenced);
         let mut changes = Vec::new();
         let dynamic_changed = *self.dynamic.read() != image.broker_configs;
         if dynamic_changed {
@@ -299,7 +303,16 @@ impl Catalog {
                         }
                     }
                 };
-                let transition = partition.apply(state);
+                // Lead only as this process's own, unfenced registration: a restarted (or
+                // wiped) node that reads an older image naming it leader must not serve as
+                // leader until the controller has re-registered it and re-elected.
+                let transition = if state.leader == me && !active {
+                    let mut waiting = state.clone();
+                    waiting.leader = -1;
+                    partition.apply(&waiting)
+                } else {
+                    partition.apply(state)
+                };
                 if transition != Transition::Unchanged {
                     changes.push((partition, transition));
                 }

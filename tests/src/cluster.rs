@@ -1140,7 +1140,16 @@ fn text(b: Option<&[u8]>) -> String {
 
 /// Reads every partition of `topic` from the beginning to its high watermark with an
 /// assign-mode consumer; returns offset → record per partition.
-pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<BTreeMap<i64, Rec>> {
+///
+/// `committed[p]` is the end of what was acknowledged on partition `p`: a leader elected a
+/// moment ago raises its high watermark only once its followers fetched from it, so the read
+/// waits (up to 30 s) for the watermark to get there before it starts.
+pub fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    committed: &[i64],
+) -> Vec<BTreeMap<i64, Rec>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "strom-cluster-check")
@@ -1150,9 +1159,17 @@ pub fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> Vec<BTreeMap<i
         .expect("consumer");
     (0..partitions)
         .map(|partition| {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, TIMEOUT)
-                .expect("watermarks");
+            let wanted = committed.get(partition as usize).copied().unwrap_or(0);
+            let settle = Instant::now() + Duration::from_secs(30);
+            let (low, high) = loop {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, TIMEOUT)
+                    .expect("watermarks");
+                if high >= wanted || Instant::now() > settle {
+                    break (low, high);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
             let mut out = BTreeMap::new();
             if high <= low {
                 return out;
@@ -1285,7 +1302,13 @@ fn first<T: std::fmt::Debug>(v: &[T]) -> String {
 /// disk, containing every acknowledged record.
 pub fn verify(c: &mut Cluster, topic: &str, partitions: i32, d: &Deliveries) -> Summary {
     let full_isr_after = c.wait_full_isr(topic, partitions, Duration::from_secs(60));
-    let read = read_all(&c.bootstrap(), topic, partitions);
+    let mut committed = vec![0i64; partitions.max(0) as usize];
+    for (_, p, o, _) in d.acked() {
+        if let Some(c) = committed.get_mut(p as usize) {
+            *c = (*c).max(o + 1);
+        }
+    }
+    let read = read_all(&c.bootstrap(), topic, partitions, &committed);
 
     let acked: Vec<(&Sent, i32, i64)> = d.acked().map(|(s, p, o, _)| (s, p, o)).collect();
     let mut summary = Summary {
