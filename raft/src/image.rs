@@ -203,6 +203,21 @@ impl PartitionState {
         }
     }
 
+    /// After the replica set changed: a leader that is no longer a replica hands over to the
+    /// first live ISR member in replica order (or none).
+    fn keep_leader_among_replicas(&mut self, brokers: &BTreeMap<BrokerId, BrokerRegistration>) {
+        if self.replicas.contains(&self.leader) {
+            return;
+        }
+        let next = self
+            .replicas
+            .iter()
+            .copied()
+            .find(|b| self.isr.contains(b) && brokers.get(b).is_some_and(|r| !r.fenced))
+            .unwrap_or(-1);
+        self.set_leader(next);
+    }
+
     /// `broker` went away: out of the ISR unless it is the last member (so that no replica
     /// that might miss data is ever elected), and a new leader from the ISR if it led.
     fn remove_broker(&mut self, broker: BrokerId, is_live: impl Fn(BrokerId) -> bool) -> bool {
@@ -450,15 +465,7 @@ impl MetadataImage {
                 if !kept.is_empty() {
                     p.isr = kept;
                 }
-                if !p.replicas.contains(&p.leader) {
-                    let next = p
-                        .replicas
-                        .iter()
-                        .copied()
-                        .find(|b| p.isr.contains(b) && brokers.get(b).is_some_and(|r| !r.fenced))
-                        .unwrap_or(-1);
-                    p.set_leader(next);
-                }
+                p.keep_leader_among_replicas(&brokers);
                 p.partition_epoch += 1;
                 Outcome::Partition(p.clone())
             }
@@ -483,15 +490,7 @@ impl MetadataImage {
                 p.replicas = target;
                 p.adding.clear();
                 p.removing.clear();
-                if !p.replicas.contains(&p.leader) {
-                    let next = p
-                        .replicas
-                        .iter()
-                        .copied()
-                        .find(|b| p.isr.contains(b) && brokers.get(b).is_some_and(|r| !r.fenced))
-                        .unwrap_or(-1);
-                    p.set_leader(next);
-                }
+                p.keep_leader_among_replicas(&brokers);
                 p.partition_epoch += 1;
                 Outcome::Partition(p.clone())
             }

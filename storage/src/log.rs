@@ -346,43 +346,17 @@ impl Log {
             headers.push((h, pos));
             pos += total;
         }
-        let first_ts = headers.first().map_or(now, |(h, _)| h.max_timestamp);
-        let needs_roll = inner
-            .segments
-            .values()
-            .next_back()
-            .is_some_and(|s| s.should_roll(data.len(), first_ts, &cfg));
-        if needs_roll {
-            self.roll(&mut inner, &cfg)?;
-        }
-        let Some(active) = inner.segments.values_mut().next_back() else {
-            return Err(StorageError::Offline(self.name.clone()));
-        };
-        let written = match &rewritten {
-            Some(buf) => active.append(buf, &headers),
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(headers.len() * 2);
+        match &rewritten {
+            Some(buf) => parts.push(buf),
             None => {
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(headers.len() * 2);
                 for ((h, at), prefix) in headers.iter().zip(&prefixes) {
                     parts.push(prefix);
                     parts.push(&data[at + batch::UNCHECKED_PREFIX..at + h.total_len()]);
                 }
-                active.append_parts(&parts, data.len(), &headers)
-            }
-        };
-        match written {
-            Ok(()) => {}
-            Err(e) => {
-                if matches!(e, StorageError::Offline(_)) {
-                    inner.offline = true;
-                }
-                tracing::error!(log = %self.name, error = %e, "append failed");
-                return Err(e);
             }
         }
-        let file = active.file();
-        if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            inner.dirty.push(file);
-        }
+        self.write_active(&mut inner, &cfg, &parts, data.len(), &headers, now)?;
         for (h, _) in &headers {
             inner.producers.record(h);
         }
@@ -403,6 +377,44 @@ impl Log {
         drop(inner);
         self.end_tx.send_replace(next);
         Ok(result)
+    }
+
+    /// Writes `len` bytes of batches (given as consecutive slices) to the active segment,
+    /// rolling first when a roll rule says so, and marks the file for the next flush. A
+    /// failure that leaves the file state unknown takes the log offline.
+    fn write_active(
+        &self,
+        inner: &mut Inner,
+        cfg: &LogConfig,
+        parts: &[&[u8]],
+        len: usize,
+        headers: &[(BatchHeader, usize)],
+        default_ts: i64,
+    ) -> Result<(), StorageError> {
+        let first_ts = headers.first().map_or(default_ts, |(h, _)| h.max_timestamp);
+        let needs_roll = inner
+            .segments
+            .values()
+            .next_back()
+            .is_some_and(|s| s.should_roll(len, first_ts, cfg));
+        if needs_roll {
+            self.roll(inner, cfg)?;
+        }
+        let Some(active) = inner.segments.values_mut().next_back() else {
+            return Err(StorageError::Offline(self.name.clone()));
+        };
+        if let Err(e) = active.append_parts(parts, len, headers) {
+            if matches!(e, StorageError::Offline(_)) {
+                inner.offline = true;
+            }
+            tracing::error!(log = %self.name, error = %e, "append failed");
+            return Err(e);
+        }
+        let file = active.file();
+        if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            inner.dirty.push(file);
+        }
+        Ok(())
     }
 
     /// A follower appends batches exactly as the leader stored them (offsets and epochs
@@ -440,30 +452,7 @@ impl Log {
         if headers.is_empty() {
             return Ok(inner.next_offset);
         }
-        let data = &data[..pos];
-        let first_ts = headers.first().map_or(0, |(h, _)| h.max_timestamp);
-        let needs_roll = inner
-            .segments
-            .values()
-            .next_back()
-            .is_some_and(|s| s.should_roll(data.len(), first_ts, &cfg));
-        if needs_roll {
-            self.roll(&mut inner, &cfg)?;
-        }
-        let Some(active) = inner.segments.values_mut().next_back() else {
-            return Err(StorageError::Offline(self.name.clone()));
-        };
-        if let Err(e) = active.append(data, &headers) {
-            if matches!(e, StorageError::Offline(_)) {
-                inner.offline = true;
-            }
-            tracing::error!(log = %self.name, error = %e, "replicated append failed");
-            return Err(e);
-        }
-        let file = active.file();
-        if !inner.dirty.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            inner.dirty.push(file);
-        }
+        self.write_active(&mut inner, &cfg, &[&data[..pos]], pos, &headers, 0)?;
         let mut epochs_changed = false;
         for (h, _) in &headers {
             inner.producers.record(h);

@@ -336,24 +336,7 @@ impl Segment {
         data: &[u8],
         headers: &[(BatchHeader, usize)],
     ) -> Result<(), StorageError> {
-        if let Err(e) = self.file.write_all_at(data, self.size) {
-            if let Err(undo) = self.file.set_len(self.size) {
-                tracing::error!(segment = %self.path.display(), error = %undo, "could not undo a failed append");
-                return Err(StorageError::Offline(self.path.display().to_string()));
-            }
-            return Err(StorageError::Io {
-                path: self.path.clone(),
-                source: e,
-            });
-        }
-        let start = self.size;
-        for (h, at) in headers {
-            let pos = start + *at as u64;
-            self.size = pos;
-            self.index_batch(h, pos as u32);
-        }
-        self.size = start + data.len() as u64;
-        Ok(())
+        self.append_parts(&[data], data.len(), headers)
     }
 
     /// Like [`Segment::append`], for batches given as consecutive slices (`len` bytes in
