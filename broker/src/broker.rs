@@ -195,10 +195,16 @@ impl Broker {
         let count = topic.partition_count();
         let threshold = self.config.offsets_segment_bytes;
         for p in topic.local_partitions() {
-            if p.log.size_bytes() < threshold || !p.is_leader() {
+            // Only the loaded coordinator knows every live group of the partition: compacting
+            // before the load (or after losing it) would rewrite nothing and drop everything.
+            let coordinating = || p.is_leader() && self.coordinating.read().contains(&p.index);
+            if p.log.size_bytes() < threshold || !coordinating() {
                 continue;
             }
             let _gate = self.offsets_gate.write().await;
+            if !coordinating() {
+                continue;
+            }
             let start = p.log.log_end_offset();
             let mut ok = true;
             for (group, offsets, membership) in self.groups.state_of_partition(p.index, count) {
@@ -216,7 +222,11 @@ impl Broker {
                 }
             }
             let end = p.log.log_end_offset();
-            if ok && p.log.wait_flushed(end).await.is_ok() && p.log.high_watermark() >= end {
+            if ok
+                && p.log.wait_flushed(end).await.is_ok()
+                && p.log.high_watermark() >= end
+                && coordinating()
+            {
                 match p.log.delete_records(start) {
                     Ok(low) => {
                         tracing::info!(log = p.log.name(), low, "compacted committed offsets")
