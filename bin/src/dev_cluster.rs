@@ -31,6 +31,13 @@ struct Node {
     log: PathBuf,
 }
 
+impl Node {
+    /// The admin HTTP listener: 9644 for the node on 9092, then +100 per node like the others.
+    fn admin_port(&self) -> u16 {
+        self.port.saturating_add(552)
+    }
+}
+
 pub async fn run(args: DevClusterArgs, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     if args.nodes == 0 {
         eprintln!("strom dev-cluster: --nodes must be at least 1");
@@ -98,7 +105,9 @@ pub async fn run(args: DevClusterArgs, stop: impl std::future::Future<Output = (
             .arg("--advertised-listeners")
             .arg(format!("PLAINTEXT://127.0.0.1:{}", n.port))
             .arg("-o")
-            .arg(format!("controller.quorum.voters={voters}"));
+            .arg(format!("controller.quorum.voters={voters}"))
+            .arg("-o")
+            .arg(format!("admin.listener=127.0.0.1:{}", n.admin_port()));
         for o in &args.overrides {
             cmd.arg("-o").arg(o);
         }
@@ -122,10 +131,11 @@ pub async fn run(args: DevClusterArgs, stop: impl std::future::Future<Output = (
     println!("strom dev-cluster: {} nodes", nodes.len());
     for n in &nodes {
         println!(
-            "  node {}: client 127.0.0.1:{}, controller 127.0.0.1:{}, data {}, log {}",
+            "  node {}: client 127.0.0.1:{}, controller 127.0.0.1:{}, admin http://127.0.0.1:{}/metrics, data {}, log {}",
             n.id,
             n.port,
             n.controller_port,
+            n.admin_port(),
             n.dir.display(),
             n.log.display()
         );

@@ -12,6 +12,7 @@ use strom_broker::config::{self, BrokerConfig};
 use strom_broker::server::Server;
 use strom_broker::Broker;
 
+mod cli;
 mod dev_cluster;
 
 #[derive(Parser)]
@@ -34,6 +35,51 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local cluster of combined broker+controller nodes on loopback; Ctrl-C stops it.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Controlled shutdown of a running node through its admin listener (a Kubernetes preStop
+    /// hook): leadership moves away and the node is fenced; it exits on SIGTERM.
+    Shutdown(ShutdownArgs),
+    /// List, describe, create, delete, alter topics; `apply -f` a topics file.
+    Topics {
+        #[command(subcommand)]
+        cmd: cli::TopicsCmd,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// List and describe consumer groups, show lag, reset offsets, delete groups.
+    Groups {
+        #[command(subcommand)]
+        cmd: cli::GroupsCmd,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Write stdin lines to a topic.
+    Produce {
+        #[command(flatten)]
+        args: cli::ProduceArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Print a topic's records to stdout.
+    Consume {
+        #[command(flatten)]
+        args: cli::ConsumeArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Cluster overview: brokers, controller, under-replicated and offline partitions.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cli::ClusterCmd,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+}
+
+#[derive(Args)]
+struct ShutdownArgs {
+    /// The node's admin listener, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    admin: String,
 }
 
 #[derive(Args, Default)]
@@ -96,7 +142,7 @@ fn init_tracing() {
 }
 
 fn load_config(args: &ServeArgs) -> Result<BrokerConfig, String> {
-    let mut layers = Vec::new();
+    let mut layers = vec![config::pod_layer(std::env::vars())];
     if let Some(path) = &args.config {
         layers.push(config::read_properties(path).map_err(|e| e.to_string())?);
     }
@@ -149,6 +195,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let background = tokio::spawn(Arc::clone(&broker).run_background());
+    strom_broker::observe::install_recorder();
+    let (admin_stop, admin_stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = broker.config.admin_listener.clone() {
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or(addr), "admin listener (/metrics, /healthz, /readyz, POST /shutdown)");
+                tokio::spawn(strom_broker::observe::serve_admin(
+                    broker.clone(),
+                    l,
+                    admin_stop_rx,
+                ));
+            }
+            Err(e) => {
+                eprintln!(
+                    "strom: cannot open the admin listener on {addr}: {e} (set `admin.listener` to a free HOST:PORT, or empty to disable it)"
+                );
+                background.abort();
+                return ExitCode::from(1);
+            }
+        }
+    }
     tokio::select! {
         _ = broker.wait_ready() => {}
         _ = shutdown_signal() => {
@@ -168,6 +235,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    broker.set_serving();
     let adv = &broker.config.advertised;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -194,6 +262,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // Membership changes of the last moments, so that groups resume after the restart (the
     // flusher in the background task must still run for these writes).
     broker.persist_groups().await;
+    let _ = admin_stop.send(true);
     background.abort();
     broker.quorum.shutdown().await;
     tracing::info!("flushing and closing logs");
@@ -220,6 +289,48 @@ async fn main() -> ExitCode {
     match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::DevCluster(args)) => dev_cluster::run(args, shutdown_signal()).await,
+        Some(Command::Shutdown(args)) => shutdown_node(&args.admin).await,
+        Some(Command::Topics { cmd, common }) => cli::topics(cmd, common).await,
+        Some(Command::Groups { cmd, common }) => cli::groups(cmd, common).await,
+        Some(Command::Produce { args, common }) => cli::produce(args, common).await,
+        Some(Command::Consume { args, common }) => cli::consume(args, common).await,
+        Some(Command::Cluster { cmd, common }) => cli::cluster(cmd, common).await,
         None => serve(cli.serve).await,
+    }
+}
+
+/// `strom shutdown`: POST /shutdown to the node's admin listener and wait for the answer.
+async fn shutdown_node(admin: &str) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        let req = format!(
+            "POST /shutdown HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(60), run).await {
+        Ok(Ok(answer)) if answer.starts_with("HTTP/1.1 200") => {
+            println!("controlled shutdown complete");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(answer)) => {
+            eprintln!(
+                "strom: the node at {admin} refused the shutdown: {}",
+                answer.lines().next().unwrap_or("(no answer)")
+            );
+            ExitCode::from(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("strom: cannot reach the admin listener at {admin}: {e}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("strom: no answer from {admin} within 60 s");
+            ExitCode::from(1)
+        }
     }
 }

@@ -45,6 +45,8 @@ pub struct Broker {
     /// Metadata offset of this process's registration (0 until it registered).
     pub(crate) registered_at: watch::Sender<u64>,
     pub(crate) shutting_down: AtomicBool,
+    /// The Kafka listener is open (for `/readyz`).
+    pub(crate) serving: AtomicBool,
     /// Offsets-topic partitions this node leads and has loaded: it coordinates their groups.
     pub(crate) coordinating: RwLock<HashSet<i32>>,
 }
@@ -98,10 +100,17 @@ impl Broker {
             fenced: watch::Sender::new(true),
             registered_at: watch::Sender::new(0),
             shutting_down: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
             coordinating: RwLock::new(HashSet::new()),
         });
         broker.start_cluster_tasks();
         Ok(broker)
+    }
+
+    /// Marks the Kafka listener open; `/readyz` reports ready from then on.
+    pub fn set_serving(&self) {
+        self.serving
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn node_id(&self) -> i32 {

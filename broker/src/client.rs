@@ -1,5 +1,5 @@
 //! A minimal Kafka-protocol client for broker-to-broker calls (follower fetches and
-//! OffsetForLeaderEpoch), using the same codec as the server side.
+//! OffsetForLeaderEpoch) and the admin CLI, using the same codec as the server side.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -32,6 +32,16 @@ impl Conn {
             next_correlation: 0,
             client_id,
         })
+    }
+
+    /// Wraps an already connected stream (tools that resolve and connect themselves).
+    pub fn from_stream(stream: TcpStream, client_id: String) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self {
+            stream,
+            next_correlation: 0,
+            client_id,
+        }
     }
 
     /// Sends one request and waits for its response.

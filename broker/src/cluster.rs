@@ -295,6 +295,7 @@ impl Broker {
             match this.quorum.propose(cmd).await {
                 Ok((offset, Outcome::Partition(new))) => {
                     tracing::info!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?new.isr, "ISR changed");
+                    crate::observe::isr_changed(st.isr.len(), new.isr.len());
                     this.wait_reconciled(offset, Duration::from_secs(5)).await;
                 }
                 Ok((_, other)) => {

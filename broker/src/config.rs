@@ -53,6 +53,12 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("listeners", Kind::List, "PLAINTEXT://0.0.0.0:9092", "Addresses the broker listens on."),
     ("advertised.listeners", Kind::List, "PLAINTEXT://localhost:9092", "Addresses clients are told to connect to."),
     ("log.dirs", Kind::String, "./data", "Directory holding partition logs and metadata."),
+    ("admin.listener", Kind::String, "0.0.0.0:9644", "HOST:PORT of the admin HTTP listener (/metrics, /healthz, /readyz, POST /shutdown); empty disables it."),
+    ("kubernetes.statefulset.replicas", Kind::Int, "0", "Replicas of the StatefulSet this pod belongs to; above 0, node.id, controller.quorum.voters and advertised.listeners default to values derived from the pod name."),
+    ("kubernetes.headless.service", Kind::String, "strom-headless", "Headless Service that gives each pod its DNS name."),
+    ("kubernetes.cluster.domain", Kind::String, "cluster.local", "Kubernetes cluster DNS domain."),
+    ("kubernetes.pod.name", Kind::String, "", "This pod's name (<statefulset>-<ordinal>); defaults to the POD_NAME environment variable."),
+    ("kubernetes.namespace", Kind::String, "default", "This pod's namespace; defaults to the POD_NAMESPACE environment variable."),
     ("num.partitions", Kind::Int, "1", "Partitions of auto-created topics and of CreateTopics with -1."),
     ("default.replication.factor", Kind::Int, "1", "Replication factor of auto-created topics."),
     ("auto.create.topics.enable", Kind::Boolean, "true", "Create unknown topics when a Metadata request allows it."),
@@ -349,6 +355,8 @@ pub struct BrokerConfig {
     pub offsets_segment_bytes: u64,
     pub group: crate::group::GroupConfig,
     pub rack: Option<String>,
+    /// Admin HTTP listener (`admin.listener`); `None` when disabled.
+    pub admin_listener: Option<String>,
     /// Every key that was set explicitly (canonical names), for DescribeConfigs and for topic
     /// defaults.
     pub static_props: BTreeMap<String, String>,
@@ -372,6 +380,7 @@ impl BrokerConfig {
                 props.insert(key, value);
             }
         }
+        kubernetes_defaults(&mut props)?;
         let get = |key: &str| -> String {
             props
                 .get(key)
@@ -504,7 +513,10 @@ impl BrokerConfig {
         }
         let rack = get("broker.rack");
         let cluster_id = get("cluster.id");
+        let admin_listener =
+            Some(get("admin.listener").trim().to_owned()).filter(|a| !a.is_empty());
         Ok(Self {
+            admin_listener,
             node_id,
             listener,
             advertised,
@@ -621,6 +633,100 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// The downward-API variables a StatefulSet pod gets (`POD_NAME`, `POD_NAMESPACE`), as the
+/// lowest config layer.
+pub fn pod_layer(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    vars.filter_map(|(name, value)| match name.as_str() {
+        "POD_NAME" => Some(("kubernetes.pod.name".to_owned(), value)),
+        "POD_NAMESPACE" => Some(("kubernetes.namespace".to_owned(), value)),
+        _ => None,
+    })
+    .collect()
+}
+
+/// In a StatefulSet (`kubernetes.statefulset.replicas` > 0) a pod's identity follows from its
+/// name `<set>-<ordinal>`: node id = ordinal, one controller voter per replica at its stable
+/// DNS name, and that name advertised to clients. Keys set explicitly are left alone.
+fn kubernetes_defaults(props: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let get = |props: &BTreeMap<String, String>, key: &str| -> String {
+        props
+            .get(key)
+            .cloned()
+            .or_else(|| broker_key_def(key).map(|(_, d, _)| d.to_owned()))
+            .unwrap_or_default()
+    };
+    let replicas_text = get(props, "kubernetes.statefulset.replicas");
+    let replicas: u32 = replicas_text.trim().parse().map_err(|_| {
+        invalid(
+            "kubernetes.statefulset.replicas",
+            &replicas_text,
+            "not a number",
+        )
+    })?;
+    if replicas == 0 {
+        return Ok(());
+    }
+    let pod = get(props, "kubernetes.pod.name");
+    let bad_pod = |why: &str| {
+        invalid(
+            "kubernetes.pod.name",
+            &pod,
+            format!("{why}; set POD_NAME from the downward API (metadata.name)"),
+        )
+    };
+    let (set, ordinal) = pod
+        .rsplit_once('-')
+        .ok_or_else(|| bad_pod("a StatefulSet pod name ends in -<ordinal>"))?;
+    let ordinal: u32 = ordinal
+        .parse()
+        .map_err(|_| bad_pod("a StatefulSet pod name ends in -<ordinal>"))?;
+    if ordinal >= replicas {
+        return Err(bad_pod(&format!(
+            "ordinal {ordinal} is outside kubernetes.statefulset.replicas={replicas}"
+        )));
+    }
+    let suffix = format!(
+        "{}.{}.svc.{}",
+        get(props, "kubernetes.headless.service"),
+        get(props, "kubernetes.namespace"),
+        get(props, "kubernetes.cluster.domain")
+    );
+    let listeners = Listener::parse_list("listeners", &get(props, "listeners"))?;
+    let controller_names = get(props, "controller.listener.names");
+    let is_controller = |l: &&Listener| controller_names.split(',').any(|n| n.trim() == l.name);
+    let controller_port = listeners
+        .iter()
+        .find(is_controller)
+        .map(|l| l.port)
+        .ok_or_else(|| {
+            invalid(
+                "listeners",
+                &get(props, "listeners"),
+                "a StatefulSet node needs a controller listener, e.g. PLAINTEXT://:9092,CONTROLLER://:9093",
+            )
+        })?;
+    props
+        .entry("node.id".to_owned())
+        .or_insert_with(|| ordinal.to_string());
+    props
+        .entry("controller.quorum.voters".to_owned())
+        .or_insert_with(|| {
+            (0..replicas)
+                .map(|i| format!("{i}@{set}-{i}.{suffix}:{controller_port}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+    if !props.contains_key("advertised.listeners") {
+        let advertised: Vec<String> = listeners
+            .iter()
+            .filter(|l| !is_controller(l))
+            .map(|l| format!("{}://{pod}.{suffix}:{}", l.name, l.port))
+            .collect();
+        props.insert("advertised.listeners".to_owned(), advertised.join(","));
+    }
+    Ok(())
+}
+
 /// Keys from `STROM_*` environment variables: `STROM_LOG_DIRS=/x` is `log.dirs=/x`. Variables
 /// that name no known key are reported but not fatal, because Kubernetes injects
 /// `<SERVICE>_PORT`-style variables for a service called `strom`.
@@ -698,6 +804,51 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn a_statefulset_pod_derives_its_identity_from_its_name() {
+        let pod = layer(&[
+            ("kubernetes.pod.name", "strom-2"),
+            ("kubernetes.namespace", "kafka"),
+        ]);
+        let env = layer(&[
+            ("kubernetes.statefulset.replicas", "3"),
+            ("listeners", "PLAINTEXT://:9092,CONTROLLER://:9093"),
+        ]);
+        let c = BrokerConfig::from_layers(&[pod.clone(), env.clone()]).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(
+            c.advertised.host,
+            "strom-2.strom-headless.kafka.svc.cluster.local"
+        );
+        assert_eq!(c.advertised.port, 9092);
+        let voters: Vec<_> = c.cluster.voters.iter().collect();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(
+            voters[0],
+            (
+                &0,
+                &"strom-0.strom-headless.kafka.svc.cluster.local:9093".to_owned()
+            )
+        );
+        // Explicit keys win over the derivation.
+        let explicit = layer(&[
+            ("node.id", "1"),
+            ("advertised.listeners", "PLAINTEXT://x:1"),
+        ]);
+        let c = BrokerConfig::from_layers(&[pod.clone(), env.clone(), explicit]).unwrap();
+        assert_eq!((c.node_id, c.advertised.host.as_str()), (1, "x"));
+        // A pod name without an ordinal, or one beyond the replicas, is a clear error.
+        for name in ["strom", "strom-3"] {
+            let bad = layer(&[("kubernetes.pod.name", name)]);
+            let e = BrokerConfig::from_layers(&[bad, env.clone()]).unwrap_err();
+            assert!(e.to_string().contains("POD_NAME"), "{e}");
+        }
+        assert_eq!(
+            pod_layer([("POD_NAME".to_owned(), "s-0".to_owned())].into_iter()),
+            layer(&[("kubernetes.pod.name", "s-0")])
+        );
     }
 
     #[test]

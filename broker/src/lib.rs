@@ -7,13 +7,14 @@
 pub mod admin;
 pub mod broker;
 pub mod catalog;
-mod client;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;
 mod fetcher;
 pub mod group;
 pub mod handlers;
+pub mod observe;
 pub mod partition;
 pub mod producer_ids;
 pub mod server;

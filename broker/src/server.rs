@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::broker::Broker;
 use crate::handlers::{self, HandlerError, Reply};
+use crate::observe;
 
 /// Responses a connection may have outstanding before it stops reading (Kafka clients pipeline
 /// at most `max.in.flight.requests.per.connection`, 5 by default).
@@ -186,7 +187,20 @@ impl Connection {
         tracing::trace!(peer = %self.peer, ?api, version = prefix.api_version, "request");
         // Kafka reports client hosts as Java's InetAddress prints them: "/127.0.0.1".
         let peer = format!("/{}", self.peer.ip());
-        handlers::dispatch(&self.broker, api, &header, bytes, &peer).map_err(|e| e.to_string())
+        let started = std::time::Instant::now();
+        let reply = handlers::dispatch(&self.broker, api, &header, bytes, &peer)
+            .map_err(|e| e.to_string())?;
+        Ok(match reply {
+            Reply::Later(fut) => Reply::Later(Box::pin(async move {
+                let out = fut.await;
+                observe::request_done(api, started);
+                out
+            })),
+            now => {
+                observe::request_done(api, started);
+                now
+            }
+        })
     }
 }
 

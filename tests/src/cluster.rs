@@ -85,6 +85,8 @@ pub struct Node {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub controller_port: u16,
+    /// The admin HTTP listener (`/metrics`, `/readyz`).
+    pub admin_port: u16,
     /// The node's `log.dirs`; partition `t-p` lives in `dir/t-p/`.
     pub dir: PathBuf,
     log: PathBuf,
@@ -141,13 +143,14 @@ impl Cluster {
                 // Hold both probes until every port is chosen so none is picked twice.
                 let (l1, port) = free_port_on(ip);
                 let (l2, controller_port) = free_port_on(ip);
-                probes.push(l1);
-                probes.push(l2);
+                let (l3, admin_port) = free_port_on(ip);
+                probes.extend([l1, l2, l3]);
                 Node {
                     id: n,
                     ip,
                     port,
                     controller_port,
+                    admin_port,
                     dir: root.path().join(format!("node-{n}")),
                     log: root.path().join(format!("node-{n}.log")),
                     child: None,
@@ -237,7 +240,9 @@ impl Cluster {
             .arg("--advertised-listeners")
             .arg(format!("PLAINTEXT://{}:{}", node.ip, node.port))
             .arg("-o")
-            .arg(format!("controller.quorum.voters={voters}"));
+            .arg(format!("controller.quorum.voters={voters}"))
+            .arg("-o")
+            .arg(format!("admin.listener={}:{}", node.ip, node.admin_port));
         for (k, v) in OVERRIDES {
             cmd.arg("-o").arg(format!("{k}={v}"));
         }

@@ -39,6 +39,8 @@ pub fn free_port() -> u16 {
 pub struct Strom {
     child: Option<Child>,
     pub port: u16,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     overrides: Vec<(String, String)>,
     /// The port clients are told to use (a proxy's, when one sits in front).
@@ -63,6 +65,7 @@ impl Strom {
             child: None,
             advertised_port,
             port,
+            admin_port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             overrides: overrides
                 .iter()
@@ -108,6 +111,8 @@ impl Strom {
             .env("STROM_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
+        cmd.arg("--override")
+            .arg(format!("admin.listener=127.0.0.1:{}", self.admin_port));
         for (k, v) in &self.overrides {
             cmd.arg("--override").arg(format!("{k}={v}"));
         }

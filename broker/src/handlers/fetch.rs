@@ -139,6 +139,7 @@ pub fn handle(
                 || watchers.is_empty()
                 || tokio::time::Instant::now() >= deadline
             {
+                count_bytes_out(&topics, &resp, replica >= 0);
                 return resp;
             }
             let changes =
@@ -147,6 +148,20 @@ pub fn handle(
                 _ = changes => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
+        }
+    }
+}
+
+/// Bytes out per topic, counted once for the response actually sent.
+fn count_bytes_out(topics: &[TopicWanted], resp: &FetchResponse, replica: bool) {
+    for (t, r) in topics.iter().zip(&resp.responses) {
+        let bytes: usize = r
+            .partitions
+            .iter()
+            .filter_map(|p| p.records.as_ref().map(Bytes::len))
+            .sum();
+        if bytes > 0 {
+            crate::observe::fetched(t.name.as_str(), bytes as u64, replica);
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::catalog::Partition;
 
 use super::{s, Ctx};
 use crate::error::ApiError;
+use crate::observe;
 
 /// Bound on decompressed size when a batch must be re-compressed.
 const RECOMPRESS_LIMIT: usize = 256 << 20;
@@ -133,6 +134,7 @@ pub fn handle(
                         .ok_or(ResponseError::UnknownTopicOrPartition)?
                         .leader_partition(index)?;
                     let data = prepare(p.records, &partition.log)?;
+                    let bytes = data.len() as u64;
                     let state = partition.leader_state()?;
                     let min_isr = partition.log.config().min_insync_replicas.max(1) as usize;
                     if acks == -1 && partition.in_sync_now(max_lag) < min_isr {
@@ -140,6 +142,10 @@ pub fn handle(
                     }
                     let result = partition.log.append(data, state.leader_epoch)?;
                     partition.advance_high_watermark();
+                    if !result.duplicate {
+                        let records = (result.last_offset - result.base_offset + 1).max(0) as u64;
+                        observe::produced(&partition.topic, records, bytes);
+                    }
                     Ok((result, partition.clone()))
                 })();
                 if let Err(e) = &outcome {

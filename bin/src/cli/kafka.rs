@@ -1,0 +1,287 @@
+//! The admin tools' view of a cluster, over the Kafka protocol only (so they work against any
+//! Kafka-compatible broker): bootstrap, version negotiation, metadata, and routing of requests
+//! to partition leaders and group coordinators.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, BrokerId, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use strom_broker::client::Conn;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The newest version of each API these tools speak; the broker's range caps it.
+fn preferred(api: ApiKey) -> i16 {
+    match api {
+        ApiKey::Metadata => 12,
+        ApiKey::CreateTopics => 5,
+        ApiKey::DeleteTopics => 4,
+        ApiKey::CreatePartitions => 3,
+        ApiKey::DescribeConfigs => 4,
+        ApiKey::IncrementalAlterConfigs => 1,
+        ApiKey::ListGroups => 4,
+        ApiKey::DescribeGroups => 5,
+        ApiKey::FindCoordinator => 3,
+        ApiKey::OffsetFetch => 7,
+        ApiKey::OffsetCommit => 8,
+        ApiKey::ListOffsets => 7,
+        ApiKey::DeleteGroups => 2,
+        ApiKey::Produce => 9,
+        ApiKey::Fetch => 12,
+        ApiKey::DescribeCluster => 0,
+        _ => 0,
+    }
+}
+
+/// A Kafka error code as a message an operator can act on.
+pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
+    let name = ResponseError::try_from_code(code)
+        .map(|e| format!("{e:?}"))
+        .unwrap_or_else(|| format!("error code {code}"));
+    match message.map(|m| m.as_str()).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{m} ({name})"),
+        None => name,
+    }
+}
+
+pub struct Broker {
+    pub id: BrokerId,
+    pub addr: String,
+    pub rack: Option<String>,
+}
+
+pub struct Partition {
+    pub index: i32,
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+pub struct Topic {
+    pub name: String,
+    pub internal: bool,
+    pub error: i16,
+    pub partitions: Vec<Partition>,
+}
+
+pub struct Metadata {
+    pub cluster_id: Option<String>,
+    pub controller: i32,
+    pub brokers: BTreeMap<i32, Broker>,
+    pub topics: BTreeMap<String, Topic>,
+}
+
+impl Metadata {
+    fn from_response(r: MetadataResponse) -> Self {
+        let brokers = r
+            .brokers
+            .into_iter()
+            .map(|b| {
+                let id = *b.node_id;
+                let broker = Broker {
+                    id: b.node_id,
+                    addr: format!("{}:{}", b.host.as_str(), b.port),
+                    rack: b.rack.map(|r| r.to_string()),
+                };
+                (id, broker)
+            })
+            .collect();
+        let topics = r
+            .topics
+            .into_iter()
+            .filter_map(|t| {
+                let name = t.name?.0.to_string();
+                let mut partitions: Vec<Partition> = t
+                    .partitions
+                    .into_iter()
+                    .map(|p| Partition {
+                        index: p.partition_index,
+                        leader: *p.leader_id,
+                        replicas: p.replica_nodes.iter().map(|b| **b).collect(),
+                        isr: p.isr_nodes.iter().map(|b| **b).collect(),
+                    })
+                    .collect();
+                partitions.sort_by_key(|p| p.index);
+                let topic = Topic {
+                    name: name.clone(),
+                    internal: t.is_internal,
+                    error: t.error_code,
+                    partitions,
+                };
+                Some((name, topic))
+            })
+            .collect();
+        Self {
+            cluster_id: r.cluster_id.map(|c| c.to_string()),
+            controller: *r.controller_id,
+            brokers,
+            topics,
+        }
+    }
+}
+
+/// Connections to the bootstrap broker and, lazily, to any other broker by id.
+pub struct Client {
+    bootstrap: String,
+    conns: HashMap<String, Conn>,
+    /// The bootstrap broker's supported (min, max) version per API key.
+    versions: HashMap<i16, (i16, i16)>,
+    pub metadata: Option<Metadata>,
+}
+
+impl Client {
+    pub async fn connect(bootstrap: &str) -> Result<Self> {
+        let first = bootstrap
+            .split(',')
+            .map(str::trim)
+            .find(|s| !s.is_empty())
+            .ok_or_else(|| anyhow!("--bootstrap-server is empty"))?;
+        let mut client = Self {
+            bootstrap: first.to_owned(),
+            conns: HashMap::new(),
+            versions: HashMap::new(),
+            metadata: None,
+        };
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("strom-cli"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let resp = client.conn(first).await?.call(3, &req, TIMEOUT).await;
+        let resp = match resp {
+            Ok(r) if r.error_code == 0 => r,
+            // An old broker answers v0 only.
+            _ => {
+                client.conns.remove(first);
+                client
+                    .conn(first)
+                    .await?
+                    .call(0, &ApiVersionsRequest::default(), TIMEOUT)
+                    .await
+                    .with_context(|| format!("ApiVersions to {first}"))?
+            }
+        };
+        client.versions = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(client)
+    }
+
+    async fn conn(&mut self, addr: &str) -> Result<&mut Conn> {
+        if !self.conns.contains_key(addr) {
+            let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| anyhow!("cannot connect to {addr}: timed out (is a broker running there? use --bootstrap-server HOST:PORT)"))?
+                .map_err(|e| anyhow!("cannot connect to {addr}: {e} (is a broker running there? use --bootstrap-server HOST:PORT)"))?;
+            self.conns.insert(
+                addr.to_owned(),
+                Conn::from_stream(stream, "strom-cli".to_owned()),
+            );
+        }
+        self.conns
+            .get_mut(addr)
+            .ok_or_else(|| anyhow!("connection to {addr} lost"))
+    }
+
+    /// The version to use for `R`: ours, capped by what the broker supports.
+    pub fn version<R: Request>(&self) -> Result<i16> {
+        let api = ApiKey::try_from(R::KEY).map_err(|_| anyhow!("unknown API key {}", R::KEY))?;
+        let (min, max) = self
+            .versions
+            .get(&R::KEY)
+            .copied()
+            .ok_or_else(|| anyhow!("the broker does not support {api:?}"))?;
+        let v = preferred(api).min(max);
+        if v < min {
+            bail!("the broker supports {api:?} v{min}-v{max} only; these tools need v{v} or older");
+        }
+        Ok(v)
+    }
+
+    /// Sends `req` to the broker at `addr` (the bootstrap broker when `None`).
+    pub async fn send_to<R>(&mut self, addr: Option<&str>, req: &R) -> Result<R::Response>
+    where
+        R: Request + Encodable + HeaderVersion,
+        R::Response: Decodable,
+    {
+        let version = self.version::<R>()?;
+        let addr = addr.unwrap_or(&self.bootstrap).to_owned();
+        let result = self.conn(&addr).await?.call(version, req, TIMEOUT).await;
+        if result.is_err() {
+            // A broken connection is not reused.
+            self.conns.remove(&addr);
+        }
+        let api = ApiKey::try_from(R::KEY)
+            .map(|a| format!("{a:?}"))
+            .unwrap_or_default();
+        result.with_context(|| format!("{api} request to {addr} failed"))
+    }
+
+    pub async fn send<R>(&mut self, req: &R) -> Result<R::Response>
+    where
+        R: Request + Encodable + HeaderVersion,
+        R::Response: Decodable,
+    {
+        self.send_to(None, req).await
+    }
+
+    /// Fetches metadata for `topics` (every topic when `None`) and remembers it.
+    pub async fn refresh(&mut self, topics: Option<&[String]>) -> Result<&Metadata> {
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(n.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(false);
+        let resp = self.send(&req).await?;
+        Ok(self.metadata.insert(Metadata::from_response(resp)))
+    }
+
+    pub fn broker_addr(&self, id: i32) -> Result<String> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.brokers.get(&id))
+            .map(|b| b.addr.clone())
+            .ok_or_else(|| anyhow!("broker {id} is not in the cluster metadata"))
+    }
+
+    /// Addresses of every broker in the metadata.
+    pub fn broker_addrs(&self) -> Vec<String> {
+        self.metadata
+            .as_ref()
+            .map(|m| m.brokers.values().map(|b| b.addr.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The address of a group's coordinator.
+    pub async fn coordinator(&mut self, group: &str) -> Result<String> {
+        let req = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(group.to_owned()))
+            .with_key_type(0);
+        for attempt in 0..20 {
+            let resp = self.send(&req).await?;
+            match resp.error_code {
+                0 => return Ok(format!("{}:{}", resp.host.as_str(), resp.port)),
+                // The coordinator is still loading or being elected: Kafka says retry.
+                14 | 15 if attempt < 19 => tokio::time::sleep(Duration::from_millis(250)).await,
+                code => bail!(
+                    "no coordinator for group {group}: {}",
+                    error_text(code, resp.error_message.as_ref())
+                ),
+            }
+        }
+        bail!("no coordinator for group {group}")
+    }
+}
