@@ -4,7 +4,8 @@
 # It installs what the tests need (Debian packages incl. iptables, the Python clients, the Java
 # client jars),
 # checks formatting and lints, runs every Rust test (unit, storage, black-box with librdkafka),
-# then the stock-client compatibility suite against a real strom binary.
+# then the stock-client compatibility suite against a real strom binary, the acceptance
+# scenarios, and the offline validation of the Kubernetes manifests (tests/k8s/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,3 +42,6 @@ bash tests/compat/run.sh target/debug/strom
 
 step "acceptance scenarios"
 bash tests/acceptance/run.sh target/debug/strom
+
+step "kubernetes manifests"
+bash tests/k8s/run.sh target/debug/strom

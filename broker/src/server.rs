@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
-use crate::handlers::{self, HandlerError, Reply};
+use crate::handlers::{self, Frame, HandlerError, Reply};
 use crate::observe;
 
 /// Responses a connection may have outstanding before it stops reading (Kafka clients pipeline
@@ -35,7 +35,13 @@ pub struct Server {
 impl Server {
     pub async fn bind(broker: Arc<Broker>) -> std::io::Result<Self> {
         let l = &broker.config.listener;
-        let listener = TcpListener::bind((l.host.as_str(), l.port)).await?;
+        // `PLAINTEXT://:9092` means every interface, as in Kafka.
+        let host = if l.host.is_empty() {
+            "0.0.0.0"
+        } else {
+            &l.host
+        };
+        let listener = TcpListener::bind((host, l.port)).await?;
         Ok(Self { listener, broker })
     }
 
@@ -95,8 +101,8 @@ impl Server {
 
 /// A response on its way: ready bytes, or a task computing them.
 enum Pending {
-    Ready(Bytes),
-    Task(tokio::task::JoinHandle<Result<Bytes, HandlerError>>),
+    Ready(Frame),
+    Task(tokio::task::JoinHandle<Result<Frame, HandlerError>>),
 }
 
 struct Connection {
@@ -172,7 +178,7 @@ impl Connection {
         if !(lo..=hi).contains(&prefix.api_version) {
             if api == ApiKey::ApiVersions {
                 return handlers::unsupported_version_response(prefix.correlation_id)
-                    .map(Reply::Now)
+                    .map(|b| Reply::Now(b.into()))
                     .map_err(|e| e.to_string());
             }
             return Err(format!(
@@ -222,8 +228,8 @@ async fn write_loop(
         };
         drop(permit);
         match bytes {
-            Ok(b) => {
-                if let Err(e) = wr.write_all(&b).await {
+            Ok(frame) => {
+                if let Err(e) = write_frame(&mut wr, frame).await {
                     tracing::debug!(peer = %peer, error = %e, "write failed");
                     break;
                 }
@@ -235,4 +241,36 @@ async fn write_loop(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Writes every part of a frame, several per system call.
+async fn write_frame(wr: &mut OwnedWriteHalf, frame: Frame) -> std::io::Result<()> {
+    let parts: Vec<Bytes> = frame.0.into_iter().filter(|p| !p.is_empty()).collect();
+    if let [one] = parts.as_slice() {
+        return wr.write_all(one).await;
+    }
+    let (mut i, mut skip) = (0usize, 0usize);
+    while i < parts.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&parts[i][skip..])
+            .chain(parts[i + 1..].iter().map(|p| &p[..]))
+            .take(64)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < parts.len() {
+            let left = parts[i].len() - skip;
+            if n >= left {
+                n -= left;
+                i += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
