@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::broker::Broker;
+pub use frame::Frame;
 
 mod alter_configs;
 mod api_versions;
@@ -25,6 +26,7 @@ mod describe_groups;
 mod elect_leaders;
 mod fetch;
 mod find_coordinator;
+mod frame;
 mod heartbeat;
 mod incremental_alter_configs;
 mod init_producer_id;
@@ -88,8 +90,8 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 /// An encoded response frame (length prefix included), now or later. `None` is for
 /// acks=0 produce requests, which Kafka never answers.
 pub enum Reply {
-    Now(Bytes),
-    Later(BoxFuture<'static, Result<Bytes, HandlerError>>),
+    Now(Frame),
+    Later(BoxFuture<'static, Result<Frame, HandlerError>>),
     None,
 }
 
@@ -160,7 +162,8 @@ fn now<R: Encodable + HeaderVersion>(
     ctx: &Ctx<'_>,
     body: R,
 ) -> Result<Reply, HandlerError> {
-    encode_response(api, ctx.version, ctx.header.correlation_id, &body).map(Reply::Now)
+    encode_response(api, ctx.version, ctx.header.correlation_id, &body)
+        .map(|b| Reply::Now(b.into()))
 }
 
 fn later<R, F>(api: ApiKey, ctx: &Ctx<'_>, fut: F) -> Reply
@@ -171,7 +174,41 @@ where
     let (version, correlation_id) = (ctx.version, ctx.header.correlation_id);
     Reply::Later(Box::pin(async move {
         let body = fut.await;
-        encode_response(api, version, correlation_id, &body)
+        encode_response(api, version, correlation_id, &body).map(Frame::from)
+    }))
+}
+
+/// A fetch answered later, its record bytes referenced by the frame rather than copied.
+fn later_fetch<F>(ctx: &Ctx<'_>, fut: F) -> Reply
+where
+    F: std::future::Future<Output = FetchResponse> + Send + 'static,
+{
+    let (version, correlation_id) = (ctx.version, ctx.header.correlation_id);
+    Reply::Later(Box::pin(async move {
+        let body = fut.await;
+        let records: Vec<Bytes> = body
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|p| p.records.clone())
+            .collect();
+        let err = |e: &dyn std::fmt::Display| HandlerError::Encode {
+            api: ApiKey::Fetch,
+            version,
+            reason: e.to_string(),
+        };
+        let header = ResponseHeader::default().with_correlation_id(correlation_id);
+        let header_version = FetchResponse::header_version(version);
+        let size = header.compute_size(header_version).map_err(|e| err(&e))?
+            + body.compute_size(version).map_err(|e| err(&e))?;
+        let copied = (4 + size).saturating_sub(frame::SegmentedBuf::referenced_len(&records));
+        let mut buf = frame::SegmentedBuf::new(copied, records);
+        buf.put_slice(&(size as i32).to_be_bytes());
+        header
+            .encode(&mut buf, header_version)
+            .map_err(|e| err(&e))?;
+        body.encode(&mut buf, version).map_err(|e| err(&e))?;
+        Ok(buf.finish())
     }))
 }
 
@@ -229,8 +266,7 @@ pub fn dispatch(
             produce::Outcome::Silent => Ok(Reply::None),
             produce::Outcome::Close(reason) => Err(HandlerError::Close(reason)),
         },
-        ApiKey::Fetch => Ok(later(
-            api,
+        ApiKey::Fetch => Ok(later_fetch(
             &ctx,
             fetch::handle(&ctx, decode(api, version, b)?),
         )),
