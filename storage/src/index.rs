@@ -42,7 +42,15 @@ impl IndexFile {
             .at(&path)?;
         let len = file.metadata().at(&path)?.len() as usize;
         let max_entries = (max_bytes as usize / entry_size).max(1);
-        let entries = entries.unwrap_or(len / entry_size).min(max_entries);
+        // A trimmed file is mapped as it is, sealed: growing it here would leave it padded
+        // with zeros after a crash, and the next start would have to rebuild it.
+        let (entries, max_entries) = match entries {
+            Some(n) => (n.min(max_entries), max_entries),
+            None => {
+                let n = (len / entry_size).min(max_entries);
+                (n, n)
+            }
+        };
         let mut index = Self {
             path,
             file,
@@ -323,7 +331,7 @@ mod tests {
     fn offset_index_lookup_truncate_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.index");
-        let mut idx = OffsetIndex::open(&path, 100, 80, None).expect("open");
+        let mut idx = OffsetIndex::open(&path, 100, 80, Some(0)).expect("open");
         assert_eq!(idx.lookup(150), (100, 0));
         for i in 0..10 {
             assert!(idx.append(100 + i * 10, (i * 1000) as u32 + 1));
@@ -339,17 +347,26 @@ mod tests {
         idx.trim().expect("trim");
         drop(idx);
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), 40);
-        let idx = OffsetIndex::open(&path, 100, 80, None).expect("reopen");
+        let mut idx = OffsetIndex::open(&path, 100, 80, None).expect("reopen");
         assert_eq!(idx.entries(), 5);
         assert!(idx.is_sane(10_000));
         assert!(!idx.is_sane(10));
+        // A trimmed index opens sealed, at its length (a crash cannot leave it zero-padded),
+        // until the segment takes appends again.
+        assert!(!idx.append(200, 50_000));
+        drop(idx);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), 40);
+        let mut idx = OffsetIndex::open(&path, 100, 80, None).expect("reopen");
+        idx.reopen_for_append(80).expect("grow");
+        assert!(idx.append(200, 50_000));
+        assert_eq!(idx.lookup(10_000), (200, 50_000));
     }
 
     #[test]
     fn time_index_is_monotonic() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut idx =
-            TimeIndex::open(&dir.path().join("0.timeindex"), 0, 1200, None).expect("open");
+            TimeIndex::open(&dir.path().join("0.timeindex"), 0, 1200, Some(0)).expect("open");
         assert!(idx.maybe_append(10, 0));
         assert!(!idx.maybe_append(5, 3));
         assert!(idx.maybe_append(20, 5));

@@ -126,7 +126,7 @@ impl Log {
                 continue;
             }
             let seg = if base >= recover_from {
-                let (seg, outcome) = Segment::recover(dir, base, &cfg)?;
+                let (seg, outcome) = Segment::recover_after(dir, base, &cfg, cp.recovery_point)?;
                 if outcome.truncated_bytes > 0 {
                     truncated_at = Some(seg.next_offset());
                 }
@@ -145,8 +145,14 @@ impl Log {
                 (Some(last), Some(first)) => (last.next_offset(), *first),
                 _ => (0, 0),
             };
-        if let Some(active) = segments.values_mut().next_back() {
-            active.reopen_for_append(&cfg)?;
+        let last = segments.keys().next_back().copied();
+        for (base, seg) in segments.iter_mut() {
+            if Some(*base) == last {
+                seg.reopen_for_append(&cfg)?;
+            } else if *base >= recover_from {
+                // Rebuilt indexes of sealed segments are trimmed like any sealed segment's.
+                seg.seal_indexes()?;
+            }
         }
         if !clean {
             for seg in segments.values().filter(|s| s.base_offset >= recover_from) {

@@ -2,7 +2,7 @@
 //! time indexes. File names are the base offset zero-padded to 20 digits, as in Kafka.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -198,13 +198,47 @@ impl Segment {
         base: i64,
         cfg: &LogConfig,
     ) -> Result<(Self, RecoveryOutcome), StorageError> {
+        Self::recover_after(dir, base, cfg, i64::MIN)
+    }
+
+    /// Like [`Segment::recover`], but batches wholly below `flushed` (the recovery point:
+    /// fsynced before the crash) are only walked header by header to rebuild the indexes;
+    /// their contents are not re-read. Everything from the recovery point on is verified.
+    pub fn recover_after(
+        dir: &Path,
+        base: i64,
+        cfg: &LogConfig,
+        flushed: i64,
+    ) -> Result<(Self, RecoveryOutcome), StorageError> {
         let (path, file, size) = Self::open_files(dir, base)?;
         let (offset_index, time_index) = open_indexes(dir, base, cfg, Some(0))?;
         let mut seg = Self::assemble(base, path, file, 0, offset_index, time_index, cfg);
         let file = seg.file.clone();
-        let mut reader = BufReader::with_capacity(1 << 20, file.as_ref());
-        let mut buf = Vec::new();
         let mut pos = 0u64;
+        while pos + HEADER_LEN as u64 <= size {
+            let mut head = [0u8; HEADER_LEN];
+            if file.read_exact_at(&mut head, pos).is_err() {
+                break;
+            }
+            // Anything odd is left to the verifying pass below, which truncates if it must.
+            let Ok(h) = BatchHeader::parse(&head) else {
+                break;
+            };
+            let total = h.total_len() as u64;
+            if h.last_offset() >= flushed
+                || pos + total > size
+                || h.base_offset < seg.next_offset
+                || total < HEADER_LEN as u64
+            {
+                break;
+            }
+            seg.index_batch(&h, pos as u32);
+            pos += total;
+            seg.size = pos;
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, file.as_ref());
+        reader.seek(SeekFrom::Start(pos)).at(&seg.path)?;
+        let mut buf = Vec::new();
         let stop_reason: Option<String> = loop {
             if pos == size {
                 break None;
@@ -401,6 +435,12 @@ impl Segment {
     pub fn roll_close(&mut self) -> Result<(), StorageError> {
         self.time_index
             .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
+        self.offset_index.trim()?;
+        self.time_index.trim()
+    }
+
+    /// Shrinks both indexes to their entries: the segment takes no more appends.
+    pub fn seal_indexes(&mut self) -> Result<(), StorageError> {
         self.offset_index.trim()?;
         self.time_index.trim()
     }

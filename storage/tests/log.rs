@@ -104,19 +104,50 @@ fn recovery_truncates_only_a_torn_tail() {
     f.set_len(len - 7).expect("truncate");
     let log = open(dir.path(), cfg.clone(), false);
     assert_eq!(log.log_end_offset(), 18);
-    // Corrupt a byte inside the last remaining batch: it is dropped, the rest stays.
+    // Two more batches that never reach a flush, the last with a corrupt byte (a crash in the
+    // middle of writing it): that batch is dropped, everything before it stays.
+    for i in 9..11 {
+        log.append(batch_of(2, i, "r"), 0).expect("append");
+    }
     drop(log);
     let len = std::fs::metadata(&path).expect("meta").len();
     let mut bytes = std::fs::read(&path).expect("read");
     bytes[len as usize - 2] ^= 0xff;
     std::fs::write(&path, &bytes).expect("write");
     let log = open(dir.path(), cfg, false);
-    assert_eq!(log.log_end_offset(), 16);
+    assert_eq!(log.log_end_offset(), 20);
     let r = log.read(0, 1 << 20, true, i64::MAX).expect("read");
     assert_eq!(
         offsets_in(&r.data),
-        (0..8).map(|i| i * 2).collect::<Vec<_>>()
+        (0..10).map(|i| i * 2).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn recovery_after_a_crash_keeps_sealed_segments_and_their_indexes() {
+    // Sealed segments opened after a clean start must not be grown on disk: a crash would
+    // leave their indexes zero-padded, and the next start would rebuild every one of them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = batch_of(1, 1, "s").len() as u64;
+    let cfg = LogConfig {
+        segment_bytes: one * 2,
+        ..LogConfig::default()
+    };
+    let log = open(dir.path(), cfg.clone(), true);
+    for i in 0..6 {
+        log.append(batch_of(1, i, "s"), 0).expect("append");
+    }
+    log.close().expect("close");
+    drop(log);
+    let log = open(dir.path(), cfg.clone(), true);
+    drop(log); // a crash right after a clean start
+    let sealed = dir.path().join(format!("{:020}.index", 0));
+    assert_eq!(std::fs::metadata(&sealed).expect("meta").len(), 8);
+    let log = open(dir.path(), cfg, false);
+    assert_eq!(log.log_end_offset(), 6);
+    assert_eq!(std::fs::metadata(&sealed).expect("meta").len(), 8);
+    let r = log.read(3, 1 << 20, true, i64::MAX).expect("read");
+    assert_eq!(offsets_in(&r.data)[0], 3);
 }
 
 #[test]
