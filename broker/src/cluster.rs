@@ -196,6 +196,7 @@ impl Broker {
     /// metadata that did it: the moment to start serving clients.
     pub async fn wait_ready(&self) {
         let mut fenced = self.fenced.subscribe();
+        let mut reconciled = self.reconciled.subscribe();
         let mut warned = tokio::time::Instant::now();
         loop {
             let image = self.quorum.image();
@@ -209,7 +210,15 @@ impl Broker {
                 tracing::info!(leader = ?self.quorum.leader(), "waiting to join the cluster (controller quorum and registration)");
                 warned = tokio::time::Instant::now();
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), fenced.changed()).await;
+            // Woken by either change (the unfencing usually lands before the catalog has
+            // reconciled it); the timeout only re-checks the registration now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(50), async {
+                tokio::select! {
+                    _ = fenced.changed() => {}
+                    _ = reconciled.changed() => {}
+                }
+            })
+            .await;
         }
     }
 
