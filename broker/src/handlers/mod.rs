@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use kafka_protocol::messages::*;
+use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
 use crate::broker::Broker;
@@ -122,6 +123,22 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     correlation_id: i32,
     body: &R,
 ) -> Result<Bytes, HandlerError> {
+    encode_into(api, version, correlation_id, body, BytesMut::with_capacity).map(BytesMut::freeze)
+}
+
+/// Writes the length prefix, the response header and `body` into the buffer `new_buf` makes
+/// for the frame's total length.
+fn encode_into<R, B>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+    new_buf: impl FnOnce(usize) -> B,
+) -> Result<B, HandlerError>
+where
+    R: Encodable + HeaderVersion,
+    B: ByteBufMut,
+{
     let err = |e: &dyn std::fmt::Display| HandlerError::Encode {
         api,
         version,
@@ -131,13 +148,13 @@ pub fn encode_response<R: Encodable + HeaderVersion>(
     let header_version = R::header_version(version);
     let size = header.compute_size(header_version).map_err(|e| err(&e))?
         + body.compute_size(version).map_err(|e| err(&e))?;
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.extend_from_slice(&(size as i32).to_be_bytes());
+    let mut buf = new_buf(4 + size);
+    buf.put_slice(&(size as i32).to_be_bytes());
     header
         .encode(&mut buf, header_version)
         .map_err(|e| err(&e))?;
     body.encode(&mut buf, version).map_err(|e| err(&e))?;
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 fn decode<T: Decodable>(api: ApiKey, version: i16, body: &mut Bytes) -> Result<T, HandlerError> {
@@ -192,22 +209,10 @@ where
             .flat_map(|t| t.partitions.iter())
             .filter_map(|p| p.records.clone())
             .collect();
-        let err = |e: &dyn std::fmt::Display| HandlerError::Encode {
-            api: ApiKey::Fetch,
-            version,
-            reason: e.to_string(),
-        };
-        let header = ResponseHeader::default().with_correlation_id(correlation_id);
-        let header_version = FetchResponse::header_version(version);
-        let size = header.compute_size(header_version).map_err(|e| err(&e))?
-            + body.compute_size(version).map_err(|e| err(&e))?;
-        let copied = (4 + size).saturating_sub(frame::SegmentedBuf::referenced_len(&records));
-        let mut buf = frame::SegmentedBuf::new(copied, records);
-        buf.put_slice(&(size as i32).to_be_bytes());
-        header
-            .encode(&mut buf, header_version)
-            .map_err(|e| err(&e))?;
-        body.encode(&mut buf, version).map_err(|e| err(&e))?;
+        let referenced = frame::SegmentedBuf::referenced_len(&records);
+        let buf = encode_into(ApiKey::Fetch, version, correlation_id, &body, |len| {
+            frame::SegmentedBuf::new(len.saturating_sub(referenced), records)
+        })?;
         Ok(buf.finish())
     }))
 }
