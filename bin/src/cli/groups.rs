@@ -5,18 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Args;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
 use kafka_protocol::messages::{
     ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
-    ListGroupsRequest, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    ListGroupsRequest,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use serde::Serialize;
 
-use super::kafka::{error_text, Client};
+use super::kafka::{check, error_text, Client, Tp};
 use super::{emit, Common, GroupsCmd};
 
 #[derive(Args)]
@@ -68,12 +64,7 @@ async fn all_groups(client: &mut Client) -> Result<Vec<Listed>> {
         let resp = client
             .send_to(Some(&addr), &ListGroupsRequest::default())
             .await?;
-        if resp.error_code != 0 {
-            bail!(
-                "ListGroups on {addr}: {}",
-                error_text(resp.error_code, None)
-            );
-        }
+        check(resp.error_code, None, || format!("ListGroups on {addr}"))?;
         for g in resp.groups {
             let group = g.group_id.to_string();
             out.insert(
@@ -118,12 +109,9 @@ async fn describe_group(client: &mut Client, coordinator: &str, group: &str) -> 
     let Some(g) = resp.groups.into_iter().next() else {
         bail!("the coordinator did not describe group {group}");
     };
-    if g.error_code != 0 {
-        bail!(
-            "group {group}: {}",
-            error_text(g.error_code, g.error_message.as_ref())
-        );
-    }
+    check(g.error_code, g.error_message.as_ref(), || {
+        format!("group {group}")
+    })?;
     let members = g
         .members
         .into_iter()
@@ -161,101 +149,6 @@ fn decode_assignment(mut bytes: Bytes) -> Vec<(String, i32)> {
         .unwrap_or_default()
 }
 
-/// Committed offsets of a group: (topic, partition) -> offset.
-async fn committed(
-    client: &mut Client,
-    coordinator: &str,
-    group: &str,
-) -> Result<BTreeMap<(String, i32), i64>> {
-    let req = OffsetFetchRequest::default()
-        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
-        .with_topics(None);
-    let resp = client.send_to(Some(coordinator), &req).await?;
-    if resp.error_code != 0 {
-        bail!(
-            "offsets of group {group}: {}",
-            error_text(resp.error_code, None)
-        );
-    }
-    let mut out = BTreeMap::new();
-    for t in resp.topics {
-        for p in t.partitions {
-            if p.error_code == 0 && p.committed_offset >= 0 {
-                out.insert((t.name.to_string(), p.partition_index), p.committed_offset);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Offsets by timestamp (-1 latest, -2 earliest) for partitions, asked of their leaders.
-async fn list_offsets(
-    client: &mut Client,
-    partitions: &BTreeSet<(String, i32)>,
-    timestamp: i64,
-) -> Result<BTreeMap<(String, i32), i64>> {
-    let topics: Vec<String> = partitions
-        .iter()
-        .map(|(t, _)| t.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if topics.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let md = client.refresh(Some(&topics)).await?;
-    let mut by_leader: BTreeMap<i32, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
-    for (topic, partition) in partitions {
-        let leader = md
-            .topics
-            .get(topic)
-            .and_then(|t| t.partitions.iter().find(|p| p.index == *partition))
-            .map_or(-1, |p| p.leader);
-        if leader < 0 {
-            continue; // no leader now: shown without an end offset
-        }
-        by_leader
-            .entry(leader)
-            .or_default()
-            .entry(topic.clone())
-            .or_default()
-            .push(*partition);
-    }
-    let mut out = BTreeMap::new();
-    for (leader, topics) in by_leader {
-        let addr = client.broker_addr(leader)?;
-        let req = ListOffsetsRequest::default()
-            .with_replica_id((-1).into())
-            .with_topics(
-                topics
-                    .iter()
-                    .map(|(t, ps)| {
-                        ListOffsetsTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(t.clone())))
-                            .with_partitions(
-                                ps.iter()
-                                    .map(|p| {
-                                        ListOffsetsPartition::default()
-                                            .with_partition_index(*p)
-                                            .with_timestamp(timestamp)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        let resp = client.send_to(Some(&addr), &req).await?;
-        for t in resp.topics {
-            for p in t.partitions {
-                if p.error_code == 0 {
-                    out.insert((t.name.to_string(), p.partition_index), p.offset);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[derive(Serialize)]
 struct LagRow {
     group: String,
@@ -277,7 +170,7 @@ fn opt(v: &Option<impl ToString>) -> String {
 async fn group_rows(client: &mut Client, group: &str) -> Result<(GroupInfo, Vec<LagRow>)> {
     let coordinator = client.coordinator(group).await?;
     let info = describe_group(client, &coordinator, group).await?;
-    let committed = committed(client, &coordinator, group).await?;
+    let committed = client.committed(&coordinator, group).await?;
     let mut owner: BTreeMap<(String, i32), &Member> = BTreeMap::new();
     for m in &info.members {
         for tp in &m.assignment {
@@ -286,12 +179,13 @@ async fn group_rows(client: &mut Client, group: &str) -> Result<(GroupInfo, Vec<
     }
     let partitions: BTreeSet<(String, i32)> =
         committed.keys().chain(owner.keys()).cloned().collect();
-    let ends = list_offsets(client, &partitions, -1).await?;
+    let ends = client.list_offsets(&partitions, -1).await?;
     let rows = partitions
         .into_iter()
         .map(|tp| {
             let current = committed.get(&tp).copied();
-            let end = ends.get(&tp).copied();
+            // Partitions without a leader now are shown without an end offset.
+            let end = ends.get(&tp).and_then(|e| e.as_ref().ok()).copied();
             let m = owner.get(&tp);
             LagRow {
                 group: group.to_owned(),
@@ -421,7 +315,7 @@ async fn reset(client: &mut Client, common: &Common, args: ResetArgs) -> Result<
             info.members.len()
         );
     }
-    let committed = committed(client, &coordinator, group).await?;
+    let committed = client.committed(&coordinator, group).await?;
     let partitions: BTreeSet<(String, i32)> = if args.topics.is_empty() {
         committed.keys().cloned().collect()
     } else {
@@ -440,13 +334,23 @@ async fn reset(client: &mut Client, common: &Common, args: ResetArgs) -> Result<
     if partitions.is_empty() {
         bail!("group {group} has no committed offsets; name the topics with --topic");
     }
-    let earliest = list_offsets(client, &partitions, -2).await?;
-    let latest = list_offsets(client, &partitions, -1).await?;
-    let mut plan = Vec::new();
+    let earliest = client.list_offsets(&partitions, -2).await?;
+    let latest = client.list_offsets(&partitions, -1).await?;
+    #[derive(Serialize)]
+    struct Planned<'a> {
+        topic: &'a str,
+        partition: i32,
+        current_offset: Option<i64>,
+        new_offset: i64,
+    }
+    let mut planned = Vec::new();
     for tp in &partitions {
-        let (Some(lo), Some(hi)) = (earliest.get(tp).copied(), latest.get(tp).copied()) else {
-            bail!("{}-{} has no leader now; try again", tp.0, tp.1);
+        let range = |found: &BTreeMap<Tp, Result<i64>>| match found.get(tp) {
+            Some(Ok(o)) => Ok(*o),
+            Some(Err(e)) => Err(anyhow::anyhow!("{e:#}")),
+            None => Err(anyhow::anyhow!("no offsets for {}-{}", tp.0, tp.1)),
         };
+        let (lo, hi) = (range(&earliest)?, range(&latest)?);
         let current = committed.get(tp).copied();
         let target = if args.to_earliest {
             lo
@@ -459,71 +363,20 @@ async fn reset(client: &mut Client, common: &Common, args: ResetArgs) -> Result<
         } else {
             bail!("say where to: --to-earliest, --to-latest, --to-offset N or --shift-by N");
         };
-        plan.push(LagRow {
-            group: group.to_owned(),
-            topic: tp.0.clone(),
+        planned.push(Planned {
+            topic: &tp.0,
             partition: tp.1,
             current_offset: current,
-            log_end_offset: Some(target.clamp(lo, hi)),
-            lag: None,
-            consumer_id: None,
-            host: None,
-            client_id: None,
+            new_offset: target.clamp(lo, hi),
         });
     }
     if args.execute {
-        let mut topics: BTreeMap<String, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for r in &plan {
-            topics.entry(r.topic.clone()).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(r.partition)
-                    .with_committed_offset(r.log_end_offset.unwrap_or(0)),
-            );
-        }
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::from_static_str(""))
-            .with_topics(
-                topics
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(t)))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
-            );
-        let resp = client.send_to(Some(&coordinator), &req).await?;
-        for t in resp.topics {
-            for p in t.partitions {
-                if p.error_code != 0 {
-                    bail!(
-                        "cannot commit {}-{}: {}",
-                        t.name.as_str(),
-                        p.partition_index,
-                        error_text(p.error_code, None)
-                    );
-                }
-            }
-        }
+        let offsets = planned
+            .iter()
+            .map(|p| ((p.topic.to_owned(), p.partition), p.new_offset))
+            .collect();
+        client.commit(&coordinator, group, &offsets).await?;
     }
-    #[derive(Serialize)]
-    struct Planned<'a> {
-        topic: &'a str,
-        partition: i32,
-        current_offset: Option<i64>,
-        new_offset: i64,
-    }
-    let planned: Vec<Planned> = plan
-        .iter()
-        .map(|r| Planned {
-            topic: &r.topic,
-            partition: r.partition,
-            current_offset: r.current_offset,
-            new_offset: r.log_end_offset.unwrap_or(0),
-        })
-        .collect();
     #[derive(Serialize)]
     struct Reset<'a> {
         group: &'a str,

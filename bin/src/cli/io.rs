@@ -1,6 +1,6 @@
 //! `strom produce` and `strom consume`: records from stdin lines and to stdout lines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -8,23 +8,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    FetchRequest, GroupId, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, TopicName,
-};
+use kafka_protocol::messages::{FetchRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use strom_protocol::batch::BatchIter;
 use strom_protocol::codec::Codec;
 use strom_protocol::records;
 use tokio::io::AsyncBufReadExt;
 
-use super::kafka::{error_text, Client};
+use super::kafka::{check, error_text, Client, Tp};
 use super::Common;
 
 #[derive(Args)]
@@ -39,7 +31,7 @@ pub struct ProduceArgs {
     /// round-robin for records without a key).
     #[arg(long)]
     partition: Option<i32>,
-    /// 0, 1 or all (-1).
+    /// 1 or all (-1); acks=0 is refused, it could not report failures.
     #[arg(long, default_value = "all")]
     acks: String,
     /// none, gzip, snappy, lz4 or zstd.
@@ -128,9 +120,7 @@ impl Producer<'_> {
             .topics
             .get(&self.topic)
             .ok_or_else(|| anyhow!("topic {} does not exist", self.topic))?;
-        if t.error != 0 {
-            bail!("topic {}: {}", self.topic, error_text(t.error, None));
-        }
+        check(t.error, None, || format!("topic {}", self.topic))?;
         Ok(t.partitions.iter().map(|p| p.leader).collect())
     }
 
@@ -184,9 +174,6 @@ impl Producer<'_> {
                         .with_name(TopicName(StrBytes::from_string(self.topic.clone())))
                         .with_partition_data(data)]);
                 let addr = self.client.broker_addr(leader)?;
-                if self.acks == 0 {
-                    bail!("acks=0 is not supported by strom produce (it cannot report failures)");
-                }
                 let resp = self.client.send_to(Some(&addr), &req).await;
                 let resp = match resp {
                     Ok(r) => r,
@@ -233,8 +220,8 @@ pub async fn produce(args: ProduceArgs, common: &Common) -> Result<()> {
     let acks = match args.acks.as_str() {
         "all" | "-1" => -1,
         "1" => 1,
-        "0" => 0,
-        other => bail!("--acks must be 0, 1 or all, not {other}"),
+        "0" => bail!("acks=0 is not supported by strom produce (it cannot report failures)"),
+        other => bail!("--acks must be 1 or all, not {other}"),
     };
     let codec = match args.compression.as_str() {
         "none" => Codec::None,
@@ -331,25 +318,20 @@ pub async fn consume(args: ConsumeArgs, common: &Common) -> Result<()> {
     // Start positions: committed offsets, else the log start or end.
     let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
     if let (Some(g), Some(c)) = (&args.group, &coordinator) {
-        let req = OffsetFetchRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(g.clone())))
-            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
-                .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
-                .with_partition_indexes(partitions.clone())]));
-        let resp = client.send_to(Some(c), &req).await?;
-        for t in resp.topics {
-            for p in t.partitions {
-                if p.error_code == 0 && p.committed_offset >= 0 {
-                    positions.insert(p.partition_index, p.committed_offset);
-                }
+        for ((topic, p), offset) in client.committed(c, g).await? {
+            if topic == args.topic {
+                positions.insert(p, offset);
             }
         }
     }
     let start = if args.from_beginning { -2 } else { -1 };
-    for p in &partitions {
-        if !positions.contains_key(p) {
-            positions.insert(*p, offset_at(&mut client, &args.topic, *p, start).await?);
-        }
+    let missing: BTreeSet<Tp> = partitions
+        .iter()
+        .filter(|p| !positions.contains_key(p))
+        .map(|p| (args.topic.clone(), *p))
+        .collect();
+    for ((_, p), offset) in client.list_offsets(&missing, start).await? {
+        positions.insert(p, offset?);
     }
     let mut printed = 0u64;
     let mut last_record = std::time::Instant::now();
@@ -469,33 +451,11 @@ pub async fn consume(args: ConsumeArgs, common: &Common) -> Result<()> {
         }
     }
     if let (Some(g), Some(c)) = (&args.group, &coordinator) {
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(g.clone())))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::from_static_str(""))
-            .with_topics(vec![OffsetCommitRequestTopic::default()
-                .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
-                .with_partitions(
-                    positions
-                        .iter()
-                        .map(|(p, o)| {
-                            OffsetCommitRequestPartition::default()
-                                .with_partition_index(*p)
-                                .with_committed_offset(*o)
-                        })
-                        .collect(),
-                )]);
-        let resp = client.send_to(Some(c), &req).await?;
-        for t in resp.topics {
-            for p in t.partitions {
-                if p.error_code != 0 {
-                    bail!(
-                        "cannot commit offsets of group {g}: {}",
-                        error_text(p.error_code, None)
-                    );
-                }
-            }
-        }
+        let offsets = positions
+            .iter()
+            .map(|(p, o)| ((args.topic.clone(), *p), *o))
+            .collect();
+        client.commit(c, g, &offsets).await?;
     }
     eprintln!("strom consume: {printed} records");
     Ok(())
@@ -508,38 +468,12 @@ async fn offset_at(
     partition: i32,
     timestamp: i64,
 ) -> Result<i64> {
-    let topics = [topic.to_owned()];
-    let md = client.refresh(Some(&topics)).await?;
-    let leader = md
-        .topics
-        .get(topic)
-        .and_then(|t| t.partitions.iter().find(|p| p.index == partition))
-        .map_or(-1, |p| p.leader);
-    if leader < 0 {
-        bail!("{topic}-{partition} has no leader now; try again");
-    }
-    let addr = client.broker_addr(leader)?;
-    let req = ListOffsetsRequest::default()
-        .with_replica_id((-1).into())
-        .with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-            .with_partitions(vec![ListOffsetsPartition::default()
-                .with_partition_index(partition)
-                .with_timestamp(timestamp)])]);
-    let resp = client.send_to(Some(&addr), &req).await?;
-    let p = resp
-        .topics
-        .into_iter()
-        .flat_map(|t| t.partitions)
-        .find(|p| p.partition_index == partition)
-        .ok_or_else(|| anyhow!("no offsets for {topic}-{partition}"))?;
-    if p.error_code != 0 {
-        bail!(
-            "offsets of {topic}-{partition}: {}",
-            error_text(p.error_code, None)
-        );
-    }
-    Ok(p.offset)
+    let tp = (topic.to_owned(), partition);
+    client
+        .list_offsets(&BTreeSet::from([tp.clone()]), timestamp)
+        .await?
+        .remove(&tp)
+        .unwrap_or_else(|| Err(anyhow!("no offsets for {topic}-{partition}")))
 }
 
 #[cfg(test)]

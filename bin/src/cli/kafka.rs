@@ -2,15 +2,20 @@
 //! Kafka-compatible broker): bootstrap, version negotiation, metadata, and routing of requests
 //! to partition leaders and group coordinators.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, MetadataRequest, MetadataResponse, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerId, GroupId, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use strom_broker::client::Conn;
@@ -50,6 +55,43 @@ pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
         None => name,
     }
 }
+
+/// A Kafka error code a response carried, with what was being done.
+#[derive(Debug)]
+pub struct KafkaError {
+    pub code: i16,
+    text: String,
+}
+
+impl std::fmt::Display for KafkaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for KafkaError {}
+
+/// `Ok` for error code 0; otherwise the error, as `<context>: <message> (<NAME>)`.
+pub fn check(
+    code: i16,
+    message: Option<&StrBytes>,
+    context: impl FnOnce() -> String,
+) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    let text = format!("{}: {}", context(), error_text(code, message));
+    Err(KafkaError { code, text }.into())
+}
+
+/// Whether `e` is the Kafka error `code`.
+pub fn is_code(e: &anyhow::Error, code: i16) -> bool {
+    e.downcast_ref::<KafkaError>()
+        .is_some_and(|k| k.code == code)
+}
+
+/// A (topic, partition).
+pub type Tp = (String, i32);
 
 pub struct Broker {
     pub id: BrokerId,
@@ -283,5 +325,145 @@ impl Client {
             }
         }
         bail!("no coordinator for group {group}")
+    }
+
+    /// A group's committed offsets, from its coordinator.
+    pub async fn committed(&mut self, coordinator: &str, group: &str) -> Result<BTreeMap<Tp, i64>> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_topics(None);
+        let resp = self.send_to(Some(coordinator), &req).await?;
+        check(resp.error_code, None, || {
+            format!("offsets of group {group}")
+        })?;
+        let mut out = BTreeMap::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 0 && p.committed_offset >= 0 {
+                    out.insert((t.name.to_string(), p.partition_index), p.committed_offset);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits offsets for a group as a standalone consumer (no generation, no member id),
+    /// as Kafka's tools do for a group without active members.
+    pub async fn commit(
+        &mut self,
+        coordinator: &str,
+        group: &str,
+        offsets: &BTreeMap<Tp, i64>,
+    ) -> Result<()> {
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for ((topic, partition), offset) in offsets {
+            topics.entry(topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*partition)
+                    .with_committed_offset(*offset),
+            );
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::from_static_str(""))
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t.to_owned())))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let resp = self.send_to(Some(coordinator), &req).await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                check(p.error_code, None, || {
+                    format!(
+                        "cannot commit {}-{} for group {group}",
+                        t.name.as_str(),
+                        p.partition_index
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Offsets at `timestamp` (-1 log end, -2 log start) of partitions, asked of their
+    /// leaders. A partition without a leader now, or whose leader refused, maps to its error.
+    pub async fn list_offsets(
+        &mut self,
+        partitions: &BTreeSet<Tp>,
+        timestamp: i64,
+    ) -> Result<BTreeMap<Tp, Result<i64>>> {
+        let topics: Vec<String> = partitions
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut out = BTreeMap::new();
+        if topics.is_empty() {
+            return Ok(out);
+        }
+        let md = self.refresh(Some(&topics)).await?;
+        let mut by_leader: BTreeMap<i32, BTreeMap<String, Vec<i32>>> = BTreeMap::new();
+        for (topic, partition) in partitions {
+            let leader = md
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.iter().find(|p| p.index == *partition))
+                .map_or(-1, |p| p.leader);
+            if leader < 0 {
+                let e = anyhow!("{topic}-{partition} has no leader now; try again");
+                out.insert((topic.clone(), *partition), Err(e));
+                continue;
+            }
+            by_leader
+                .entry(leader)
+                .or_default()
+                .entry(topic.clone())
+                .or_default()
+                .push(*partition);
+        }
+        for (leader, topics) in by_leader {
+            let addr = self.broker_addr(leader)?;
+            let req = ListOffsetsRequest::default()
+                .with_replica_id((-1).into())
+                .with_topics(
+                    topics
+                        .iter()
+                        .map(|(t, ps)| {
+                            ListOffsetsTopic::default()
+                                .with_name(TopicName(StrBytes::from_string(t.clone())))
+                                .with_partitions(
+                                    ps.iter()
+                                        .map(|p| {
+                                            ListOffsetsPartition::default()
+                                                .with_partition_index(*p)
+                                                .with_timestamp(timestamp)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                );
+            let resp = self.send_to(Some(&addr), &req).await?;
+            for t in resp.topics {
+                let topic = t.name.to_string();
+                for p in t.partitions {
+                    let tp = (topic.clone(), p.partition_index);
+                    let offset = check(p.error_code, None, || {
+                        format!("offsets of {topic}-{}", p.partition_index)
+                    })
+                    .map(|()| p.offset);
+                    out.insert(tp, offset);
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use serde::{Deserialize, Serialize};
 
-use super::kafka::{error_text, Client};
+use super::kafka::{check, error_text, is_code, Client};
 use super::{emit, ids, parse_pairs, Common, TopicsCmd};
 
 const TOPIC_RESOURCE: i8 = 2;
@@ -78,14 +78,6 @@ pub async fn run(cmd: TopicsCmd, common: &Common) -> Result<()> {
         }
         TopicsCmd::Apply { file, dry_run } => apply(&mut client, common, &file, dry_run).await,
     }
-}
-
-/// Errors carrying a Kafka error code keep it in the message as `(NAME)`; this finds it.
-fn is_code(e: &anyhow::Error, code: i16) -> bool {
-    let name = kafka_protocol::error::ResponseError::try_from_code(code)
-        .map(|e| format!("({e:?})"))
-        .unwrap_or_default();
-    !name.is_empty() && format!("{e:#}").contains(&name)
 }
 
 fn done(common: &Common, what: &str, topic: &str) -> Result<()> {
@@ -175,9 +167,7 @@ async fn describe(client: &mut Client, common: &Common, topics: Vec<String>) -> 
     let md = client.refresh(wanted).await?;
     let mut out = Vec::new();
     for t in md.topics.values() {
-        if t.error != 0 {
-            bail!("topic {}: {}", t.name, error_text(t.error, None));
-        }
+        check(t.error, None, || format!("topic {}", t.name))?;
         out.push(Described {
             name: t.name.clone(),
             internal: t.internal,
@@ -250,12 +240,9 @@ async fn topic_configs(
     let resp = client.send(&req).await?;
     let mut out = BTreeMap::new();
     for r in resp.results {
-        if r.error_code != 0 {
-            bail!(
-                "configs of topic {topic}: {}",
-                error_text(r.error_code, r.error_message.as_ref())
-            );
-        }
+        check(r.error_code, r.error_message.as_ref(), || {
+            format!("configs of topic {topic}")
+        })?;
         for c in r.configs {
             if all || c.config_source != CONFIG_SOURCE_DEFAULT {
                 let value = if c.is_sensitive {
@@ -295,12 +282,9 @@ async fn create(
             )]);
     let resp = client.send(&req).await?;
     for t in resp.topics {
-        if t.error_code != 0 {
-            bail!(
-                "cannot create topic {topic}: {}",
-                error_text(t.error_code, t.error_message.as_ref())
-            );
-        }
+        check(t.error_code, t.error_message.as_ref(), || {
+            format!("cannot create topic {topic}")
+        })?;
     }
     Ok(())
 }
@@ -349,12 +333,9 @@ async fn add_partitions(client: &mut Client, topic: &str, count: i32) -> Result<
             .with_assignments(None)]);
     let resp = client.send(&req).await?;
     for r in resp.results {
-        if r.error_code != 0 {
-            bail!(
-                "cannot raise the partitions of {topic} to {count}: {}",
-                error_text(r.error_code, r.error_message.as_ref())
-            );
-        }
+        check(r.error_code, r.error_message.as_ref(), || {
+            format!("cannot raise the partitions of {topic} to {count}")
+        })?;
     }
     Ok(())
 }
@@ -382,12 +363,9 @@ async fn alter_configs(
     ]);
     let resp = client.send(&req).await?;
     for r in resp.responses {
-        if r.error_code != 0 {
-            bail!(
-                "cannot change the configs of {topic}: {}",
-                error_text(r.error_code, r.error_message.as_ref())
-            );
-        }
+        check(r.error_code, r.error_message.as_ref(), || {
+            format!("cannot change the configs of {topic}")
+        })?;
     }
     Ok(())
 }
