@@ -381,13 +381,7 @@ impl BrokerConfig {
             }
         }
         kubernetes_defaults(&mut props)?;
-        let get = |key: &str| -> String {
-            props
-                .get(key)
-                .cloned()
-                .or_else(|| broker_key_def(key).map(|(_, d, _)| d.to_owned()))
-                .unwrap_or_default()
-        };
+        let get = |key: &str| value_or_default(&props, key);
         let num = |key: &str| -> Result<i64, ConfigError> {
             let v = get(key);
             v.trim()
@@ -644,17 +638,20 @@ pub fn pod_layer(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<Strin
     .collect()
 }
 
+/// A key's value as set, else its default.
+fn value_or_default(props: &BTreeMap<String, String>, key: &str) -> String {
+    props
+        .get(key)
+        .cloned()
+        .or_else(|| broker_key_def(key).map(|(_, d, _)| d.to_owned()))
+        .unwrap_or_default()
+}
+
 /// In a StatefulSet (`kubernetes.statefulset.replicas` > 0) a pod's identity follows from its
 /// name `<set>-<ordinal>`: node id = ordinal, one controller voter per replica at its stable
 /// DNS name, and that name advertised to clients. Keys set explicitly are left alone.
 fn kubernetes_defaults(props: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
-    let get = |props: &BTreeMap<String, String>, key: &str| -> String {
-        props
-            .get(key)
-            .cloned()
-            .or_else(|| broker_key_def(key).map(|(_, d, _)| d.to_owned()))
-            .unwrap_or_default()
-    };
+    let get = value_or_default;
     let replicas_text = get(props, "kubernetes.statefulset.replicas");
     let replicas: u32 = replicas_text.trim().parse().map_err(|_| {
         invalid(
