@@ -216,12 +216,8 @@ impl Segment {
         let file = seg.file.clone();
         let mut pos = 0u64;
         while pos + HEADER_LEN as u64 <= size {
-            let mut head = [0u8; HEADER_LEN];
-            if file.read_exact_at(&mut head, pos).is_err() {
-                break;
-            }
             // Anything odd is left to the verifying pass below, which truncates if it must.
-            let Ok(h) = BatchHeader::parse(&head) else {
+            let Ok(h) = seg.header_at(pos) else {
                 break;
             };
             let total = h.total_len() as u64;
@@ -526,20 +522,29 @@ fn pread_exact(file: &File, len: usize, offset: u64) -> std::io::Result<Vec<u8>>
                 (offset + done as u64) as libc::off_t,
             )
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let Some(n) = transferred(n)? else {
+            continue;
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         // SAFETY: pread initialised the next `n` bytes.
-        unsafe { buf.set_len(done + n as usize) };
+        unsafe { buf.set_len(done + n) };
     }
     Ok(buf)
+}
+
+/// Bytes a read or write system call moved, `None` when a signal interrupted it (retry).
+fn transferred(n: isize) -> std::io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::Interrupted {
+        Ok(None)
+    } else {
+        Err(e)
+    }
 }
 
 /// `pwritev` until every slice is written at `offset` onwards.
@@ -567,13 +572,9 @@ fn pwritev_all(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result
                 offset as libc::off_t,
             )
         };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let Some(n) = transferred(n)? else {
+            continue;
+        };
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::WriteZero,
@@ -581,7 +582,7 @@ fn pwritev_all(file: &File, parts: &[&[u8]], mut offset: u64) -> std::io::Result
             ));
         }
         offset += n as u64;
-        let mut left = n as usize;
+        let mut left = n;
         while left > 0 && start < iov.len() {
             let v = &mut iov[start];
             if left >= v.iov_len {
