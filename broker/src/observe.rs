@@ -24,7 +24,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::partition::Partition;
 use crate::Broker;
+use strom_raft::image::PartitionState;
 
 const REQUESTS: &str = "kafka_network_requestmetrics_requestspersec";
 const REQUEST_TIME: &str = "kafka_network_requestmetrics_totaltimems";
@@ -182,6 +184,10 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn under_replicated(st: &PartitionState) -> bool {
+    st.isr.len() < st.replicas.len()
+}
+
 /// Per-broker state as Kafka reports it: each broker counts what it leads; the active
 /// controller alone reports cluster-wide counts, so sums over brokers are right.
 fn render_state(broker: &Broker, out: &mut String) {
@@ -189,9 +195,12 @@ fn render_state(broker: &Broker, out: &mut String) {
     let image = broker.quorum.image();
     let active_controller = broker.quorum.leader() == Some(u64::from(me.max(0) as u32));
     let partitions = broker.catalog.partitions();
-    let leading: Vec<_> = partitions.iter().filter(|p| p.is_leader()).collect();
-    let under_replicated =
-        |st: &strom_raft::image::PartitionState| st.isr.len() < st.replicas.len();
+    // Each led partition's state, read once per scrape.
+    let leading: Vec<(&Arc<Partition>, PartitionState)> = partitions
+        .iter()
+        .filter(|p| p.is_leader())
+        .map(|p| (p, p.state()))
+        .collect();
 
     let mut f = Family { out };
     f.header(
@@ -200,7 +209,7 @@ fn render_state(broker: &Broker, out: &mut String) {
     );
     let urp = leading
         .iter()
-        .filter(|p| under_replicated(&p.state()))
+        .filter(|(_, st)| under_replicated(st))
         .count();
     f.value(
         "kafka_server_replicamanager_underreplicatedpartitions",
@@ -273,45 +282,45 @@ fn render_state(broker: &Broker, out: &mut String) {
     }
 
     // Kafka Exporter's per-partition view, from each partition's leader.
-    type Gauge = (&'static str, &'static str);
-    const PARTITION_GAUGES: [Gauge; 6] = [
+    type Value = fn(&Partition, &PartitionState) -> i64;
+    const PARTITION_GAUGES: [(&str, &str, Value); 6] = [
         (
             "kafka_topic_partition_current_offset",
             "High watermark of a partition (reported by its leader)",
+            |p, _| p.log.high_watermark(),
         ),
         (
             "kafka_topic_partition_oldest_offset",
             "Log start offset of a partition (reported by its leader)",
+            |p, _| p.log.log_start_offset(),
         ),
-        ("kafka_topic_partition_replicas", "Replicas of a partition"),
+        (
+            "kafka_topic_partition_replicas",
+            "Replicas of a partition",
+            |_, st| st.replicas.len() as i64,
+        ),
         (
             "kafka_topic_partition_in_sync_replica",
             "In-sync replicas of a partition",
+            |_, st| st.isr.len() as i64,
         ),
         (
             "kafka_topic_partition_leader",
             "Leader broker id of a partition",
+            |_, st| i64::from(st.leader),
         ),
         (
             "kafka_topic_partition_under_replicated_partition",
             "1 when a partition's ISR is smaller than its replica set",
+            |_, st| i64::from(under_replicated(st)),
         ),
     ];
-    for (i, (name, help)) in PARTITION_GAUGES.iter().enumerate() {
+    for (name, help, value) in PARTITION_GAUGES {
         f.header(name, help);
-        for p in &leading {
-            let st = p.state();
+        for (p, st) in &leading {
             let index = p.index.to_string();
             let labels = [("topic", p.topic.as_str()), ("partition", index.as_str())];
-            let v: i64 = match i {
-                0 => p.log.high_watermark(),
-                1 => p.log.log_start_offset(),
-                2 => st.replicas.len() as i64,
-                3 => st.isr.len() as i64,
-                4 => i64::from(st.leader),
-                _ => i64::from(under_replicated(&st)),
-            };
-            f.value(name, &labels, v);
+            f.value(name, &labels, value(p, st));
         }
     }
 
