@@ -24,7 +24,8 @@
 #             topics (3 partitions, 3 in-sync replicas, their configs) and a second run changes
 #             nothing, every metric name of the contract is exported, and the preStop hook
 #             (`strom shutdown`) plus SIGTERM stop a broker within the grace period.
-#             Only the volumes' backing directories differ from the pods (.cache/k8s/run/volumes/).
+#             Only the volumes' backing directories differ from the pods (a temporary directory
+#             under /tmp, so the pods' non-root user can reach them wherever the checkout lives).
 # Prints PASS/FAIL lines and "k8s: N passed, M failed"; exits 1 if anything failed.
 #
 # env: K8S_STEPS="install render validate checkov cluster" (subset to run; install always runs)
@@ -243,6 +244,7 @@ fi
 if want cluster; then
     step "5. three pods of the rendered StatefulSet, each in its own network namespace"
     RUN="$CACHE/run"
+    VOLUMES=""                      # the volumes' backing directories, made by cluster()
     NSP="sk8s"                      # prefix of every namespace, link and /etc/netns entry made here
     BR="${NSP}-br"
     PIDS=()
@@ -269,6 +271,7 @@ if want cluster; then
         ip link del "$BR" 2>/dev/null
         rm -rf /etc/netns/"${NSP}"-*
         if [ "$MADE_NETNS_DIR" = 1 ]; then rmdir /etc/netns 2>/dev/null; fi
+        if [ -n "$VOLUMES" ]; then rm -rf "$VOLUMES"; VOLUMES=""; fi
         return 0
     }
 
@@ -301,6 +304,10 @@ EOF
         mkdir -p "$RUN"
         cp "$STROM" "$RUN/strom"   # a build running meanwhile cannot swap the binary under the test
         chmod 755 "$RUN/strom"
+        # Where a volume cannot be mounted (a ConfigMap under /etc) the Job's arguments name its
+        # backing directory, which the pod's uid must reach: not under a checkout that may be 0700.
+        VOLUMES="$(mktemp -d /tmp/strom-k8s-volumes.XXXXXX)" && chmod 755 "$VOLUMES" \
+            || { fail "cluster: cannot make a volumes directory under /tmp"; return; }
         [ -d /etc/netns ] || { mkdir -p /etc/netns && MADE_NETNS_DIR=1; }
         trap 'cleanup; exit 130' INT TERM
         trap cleanup EXIT
@@ -335,7 +342,7 @@ EOF
             "$PY" "$HERE/pod.py" plan --rendered "$doks" --kind StatefulSet --name "$sts" --pod "$pod" \
                 --namespace "$kns" --pod-ip "$SUBNET.$((10 + i))" >"$RUN/$pod.plan.json" || { fail "cluster: pod.py plan $pod"; return; }
             ip netns exec "${NSP}-$i" unshare --uts "$PY" "$HERE/pod.py" run --plan "$RUN/$pod.plan.json" \
-                --binary "$RUN/strom" --volumes "$RUN/volumes/$pod" >"$RUN/$pod.log" 2>&1 &
+                --binary "$RUN/strom" --volumes "$VOLUMES/$pod" >"$RUN/$pod.log" 2>&1 &
             PIDS+=($!)
         done
         log "started $replicas pods: $(for ((i = 0; i < replicas; i++)); do printf '%s=pid %s ' "$sts-$i" "${PIDS[$i]}"; done)"
@@ -431,13 +438,13 @@ EOF
         local cmd
         cmd="$("$PY" -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["command"]))' "$RUN/job.plan.json")"
         if timeout 120 ip netns exec "${NSP}-c" unshare --uts "$PY" "$HERE/pod.py" run --plan "$RUN/job.plan.json" \
-            --binary "$RUN/strom" --volumes "$RUN/volumes/job-1" >"$RUN/job-1.log" 2>&1; then
+            --binary "$RUN/strom" --volumes "$VOLUMES/job-1" >"$RUN/job-1.log" 2>&1; then
             pass "cluster: topics Job ($cmd) exited 0"
             sed 's/^/    /' "$RUN/job-1.log" | tail -n 8
         else
             fail "cluster: topics Job ($cmd) failed: $(tail -n 8 "$RUN/job-1.log" | tr '\n' ' ')"
         fi
-        local topics_yaml="$RUN/volumes/job-1/topics/topics.yaml"
+        local topics_yaml="$VOLUMES/job-1/topics/topics.yaml"
         local ok=0 t
         for t in $(seq 1 20); do
             ip netns exec "${NSP}-c" kcat -J -L -b "$boothost:$bootport" -m 10 >"$md" 2>>"$RUN/kcat.log"
@@ -508,7 +515,7 @@ p["command"] = p["command"] + ["--output", "json"]
 json.dump(p, open(sys.argv[1].replace(".plan.json", "-json.plan.json"), "w"))
 EOF
         if timeout 120 ip netns exec "${NSP}-c" unshare --uts "$PY" "$HERE/pod.py" run --plan "$RUN/job-json.plan.json" \
-            --binary "$RUN/strom" --volumes "$RUN/volumes/job-2" >"$RUN/job-2.out" 2>"$RUN/job-2.log"; then
+            --binary "$RUN/strom" --volumes "$VOLUMES/job-2" >"$RUN/job-2.out" 2>"$RUN/job-2.log"; then
             if "$PY" - "$RUN/job-2.out" "$topics_yaml" <<'EOF'; then
 import json, sys, yaml
 r = json.load(open(sys.argv[1]))
