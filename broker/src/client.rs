@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{ApiKey, ListOffsetsRequest, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -102,4 +103,29 @@ impl Conn {
         }
         R::Response::decode(&mut body, version).map_err(std::io::Error::other)
     }
+}
+
+/// A consumer's ListOffsets request (replica id -1) for `timestamp` (-1 latest, -2 earliest)
+/// of each topic's partitions.
+pub fn list_offsets_request(
+    topics: impl IntoIterator<Item = (String, Vec<i32>)>,
+    timestamp: i64,
+) -> ListOffsetsRequest {
+    let topic = |(name, partitions): (String, Vec<i32>)| {
+        ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name)))
+            .with_partitions(
+                partitions
+                    .into_iter()
+                    .map(|p| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(p)
+                            .with_timestamp(timestamp)
+                    })
+                    .collect(),
+            )
+    };
+    ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(topics.into_iter().map(topic).collect())
 }

@@ -6,6 +6,7 @@
 //! State (leaders, offsets, lag, log sizes) is read from the broker at scrape time and printed
 //! directly, so a deleted topic or a moved group leaves no stale series behind.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::client::{list_offsets_request, Conn};
 use crate::partition::Partition;
 use crate::Broker;
 use strom_raft::image::PartitionState;
@@ -141,8 +143,9 @@ fn api_name(api: ApiKey) -> &'static str {
         .map_or("Unknown", |(_, n)| n)
 }
 
-/// The whole `/metrics` page: counters and histograms, then the state gauges.
-pub fn render(broker: &Broker) -> String {
+/// The whole `/metrics` page: counters and histograms, then the state gauges. `lag` holds the
+/// committed offsets of the groups this broker coordinates (see [`group_offsets`]).
+pub fn render(broker: &Broker, lag: &[GroupOffset]) -> String {
     let mut out = match install_recorder() {
         Some(h) => {
             h.run_upkeep();
@@ -150,8 +153,114 @@ pub fn render(broker: &Broker) -> String {
         }
         None => String::new(),
     };
-    render_state(broker, &mut out);
+    render_state(broker, lag, &mut out);
     out
+}
+
+/// A committed offset of a group this broker coordinates, with the partition's high watermark
+/// when it is known.
+pub struct GroupOffset {
+    group: String,
+    topic: String,
+    partition: i32,
+    committed: i64,
+    high_watermark: Option<i64>,
+}
+
+/// How long a scrape waits for a partition leader's high watermark before leaving that
+/// partition's lag out.
+const REMOTE_HW_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The committed offsets of the groups this broker coordinates, each with its partition's high
+/// watermark: the local replica's (every replica knows it), else asked of the partition's leader
+/// with ListOffsets, so lag covers partitions that have no replica on the coordinator.
+pub async fn group_offsets(broker: &Broker) -> Vec<GroupOffset> {
+    let mut rows = Vec::new();
+    for (group, _, _) in broker.groups.list() {
+        for ((topic, partition), c) in broker.groups.fetch_offsets(&group) {
+            let high_watermark = broker
+                .catalog
+                .get(&topic)
+                .and_then(|t| t.partition(partition))
+                .map(|p| p.log.high_watermark());
+            rows.push(GroupOffset {
+                group: group.clone(),
+                topic,
+                partition,
+                committed: c.offset,
+                high_watermark,
+            });
+        }
+    }
+    let image = broker.quorum.image();
+    let mut by_leader: BTreeMap<i32, BTreeSet<(String, i32)>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.high_watermark.is_none()) {
+        let leader = image
+            .topics
+            .get(&r.topic)
+            .and_then(|t| t.partitions.get(usize::try_from(r.partition).ok()?))
+            .map(|p| p.leader);
+        if let Some(leader) = leader.filter(|l| *l >= 0 && *l != broker.node_id()) {
+            by_leader
+                .entry(leader)
+                .or_default()
+                .insert((r.topic.clone(), r.partition));
+        }
+    }
+    let asks = by_leader.into_iter().filter_map(|(leader, partitions)| {
+        let reg = image.brokers.get(&leader)?;
+        let addr = format!("{}:{}", reg.endpoint.host, reg.endpoint.port);
+        Some(latest_offsets(broker, addr, partitions))
+    });
+    let remote: BTreeMap<(String, i32), i64> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    for r in &mut rows {
+        if r.high_watermark.is_none() {
+            r.high_watermark = remote.get(&(r.topic.clone(), r.partition)).copied();
+        }
+    }
+    rows.sort_by(|a, b| (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition)));
+    rows
+}
+
+/// The latest offsets (high watermarks) of `partitions` from their leader at `addr`; empty
+/// when the leader cannot be reached in time.
+async fn latest_offsets(
+    broker: &Broker,
+    addr: String,
+    partitions: BTreeSet<(String, i32)>,
+) -> Vec<((String, i32), i64)> {
+    let mut topics: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        topics.entry(topic).or_default().push(partition);
+    }
+    let req = list_offsets_request(topics, -1);
+    let bind = broker.config.listener.host.parse().ok();
+    let client_id = format!("strom-metrics-{}", broker.node_id());
+    let asked = async {
+        let mut conn = Conn::connect(&addr, bind, client_id, REMOTE_HW_TIMEOUT).await?;
+        conn.call(4, &req, REMOTE_HW_TIMEOUT).await
+    };
+    match asked.await {
+        Ok(resp) => resp
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.name.to_string();
+                t.partitions
+                    .into_iter()
+                    .filter(|p| p.error_code == 0)
+                    .map(move |p| ((topic.clone(), p.partition_index), p.offset))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "no high watermarks from a leader for consumer lag");
+            Vec::new()
+        }
+    }
 }
 
 struct Family<'a> {
@@ -190,7 +299,7 @@ fn under_replicated(st: &PartitionState) -> bool {
 
 /// Per-broker state as Kafka reports it: each broker counts what it leads; the active
 /// controller alone reports cluster-wide counts, so sums over brokers are right.
-fn render_state(broker: &Broker, out: &mut String) {
+fn render_state(broker: &Broker, lag: &[GroupOffset], out: &mut String) {
     let me = broker.node_id();
     let image = broker.quorum.image();
     let active_controller = broker.quorum.leader() == Some(u64::from(me.max(0) as u32));
@@ -324,47 +433,36 @@ fn render_state(broker: &Broker, out: &mut String) {
         }
     }
 
-    // Consumer groups this broker coordinates; lag against the partition's high watermark
-    // as this broker sees it (every replica knows it; partitions with no replica here are
-    // left out rather than guessed).
-    let mut rows = Vec::new();
-    for (group, _, _) in broker.groups.list() {
-        for ((topic, partition), c) in broker.groups.fetch_offsets(&group) {
-            let hw = broker
-                .catalog
-                .get(&topic)
-                .and_then(|t| t.partition(partition))
-                .map(|p| p.log.high_watermark());
-            rows.push((group.clone(), topic, partition, c.offset, hw));
-        }
-    }
-    rows.sort();
     f.header(
         "kafka_consumergroup_current_offset",
         "Committed offset of a consumer group on a partition",
     );
-    for (group, topic, partition, offset, _) in &rows {
-        let index = partition.to_string();
+    for r in lag {
+        let index = r.partition.to_string();
         let labels = [
-            ("consumergroup", group.as_str()),
-            ("topic", topic.as_str()),
+            ("consumergroup", r.group.as_str()),
+            ("topic", r.topic.as_str()),
             ("partition", index.as_str()),
         ];
-        f.value("kafka_consumergroup_current_offset", &labels, offset);
+        f.value("kafka_consumergroup_current_offset", &labels, r.committed);
     }
     f.header(
         "kafka_consumergroup_lag",
         "High watermark minus the committed offset of a consumer group on a partition",
     );
-    for (group, topic, partition, offset, hw) in &rows {
-        let Some(hw) = hw else { continue };
-        let index = partition.to_string();
+    for r in lag {
+        let Some(hw) = r.high_watermark else { continue };
+        let index = r.partition.to_string();
         let labels = [
-            ("consumergroup", group.as_str()),
-            ("topic", topic.as_str()),
+            ("consumergroup", r.group.as_str()),
+            ("topic", r.topic.as_str()),
             ("partition", index.as_str()),
         ];
-        f.value("kafka_consumergroup_lag", &labels, (hw - offset).max(0));
+        f.value(
+            "kafka_consumergroup_lag",
+            &labels,
+            (hw - r.committed).max(0),
+        );
     }
 
     let dir = broker.config.log_dir.display().to_string();
@@ -455,8 +553,9 @@ async fn route(broker: &Arc<Broker>, req: Request<Incoming>) -> Response<Full<By
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            let lag = group_offsets(broker).await;
             let b = broker.clone();
-            let page = tokio::task::spawn_blocking(move || render(&b))
+            let page = tokio::task::spawn_blocking(move || render(&b, &lag))
                 .await
                 .unwrap_or_default();
             let mut r = text(StatusCode::OK, page);

@@ -602,6 +602,75 @@ fn cluster_metrics_follow_a_node_kill_and_the_cli_sees_it() {
     assert_eq!(info["brokers"].as_array().unwrap().len(), 3);
     assert_eq!(info["under_replicated"], serde_json::json!([]));
 
+    // Lag where the group's coordinator holds no replica: an RF1 topic spread over the three
+    // nodes, so the coordinator must ask the other partitions' leaders for their high watermark.
+    ok(&strom(
+        &b,
+        &[
+            "topics",
+            "create",
+            "solo",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+        ],
+        None,
+    ));
+    let lines: String = (0..300).map(|i| format!("key{i}:{i}\n")).collect();
+    ok(&strom(
+        &b,
+        &["produce", "-t", "solo", "--key-separator", ":"],
+        Some(&lines),
+    ));
+    // 250 of 300 records: more than any two partitions hold, so all three get a commit.
+    let committed = consume_and_commit(&b, "solo-readers", "solo", 250);
+    assert_eq!(committed.len(), 3, "{committed:?}");
+    let ends: BTreeMap<i64, i64> = json(&b, &["groups", "lag", "solo-readers"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_i64().unwrap(),
+                r["log_end_offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let scrapes: Vec<_> = (1..=NODES)
+        .map(|n| scrape(SocketAddr::from((c.node(n).ip, c.node(n).admin_port))))
+        .collect();
+    let coordinator = scrapes
+        .iter()
+        .find(|m| {
+            let labels = "consumergroup=solo-readers,partition=0,topic=solo";
+            metric(m, "kafka_consumergroup_current_offset", labels).is_some()
+        })
+        .expect("no node reports the group's committed offsets");
+    let remote = committed
+        .keys()
+        .filter(|p| {
+            metric(
+                coordinator,
+                "kafka_log_log_size",
+                &format!("partition={p},topic=solo"),
+            )
+            .is_none()
+        })
+        .count();
+    assert!(
+        remote >= 1,
+        "every solo partition has a replica on the coordinator"
+    );
+    for (p, offset) in &committed {
+        let labels = format!("consumergroup=solo-readers,partition={p},topic=solo");
+        assert_eq!(
+            metric(coordinator, "kafka_consumergroup_lag", &labels),
+            Some((ends[&i64::from(*p)] - offset) as f64),
+            "lag of solo-{p}"
+        );
+    }
+
     let killed = std::time::Instant::now();
     c.kill9(3);
     wait_until(

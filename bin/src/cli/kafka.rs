@@ -8,17 +8,16 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, BrokerId, GroupId, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    ApiKey, ApiVersionsRequest, BrokerId, GroupId, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use strom_broker::client::Conn;
+use strom_broker::client::{list_offsets_request, Conn};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -431,26 +430,7 @@ impl Client {
         }
         for (leader, topics) in by_leader {
             let addr = self.broker_addr(leader)?;
-            let req = ListOffsetsRequest::default()
-                .with_replica_id((-1).into())
-                .with_topics(
-                    topics
-                        .iter()
-                        .map(|(t, ps)| {
-                            ListOffsetsTopic::default()
-                                .with_name(TopicName(StrBytes::from_string(t.clone())))
-                                .with_partitions(
-                                    ps.iter()
-                                        .map(|p| {
-                                            ListOffsetsPartition::default()
-                                                .with_partition_index(*p)
-                                                .with_timestamp(timestamp)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
+            let req = list_offsets_request(topics, timestamp);
             let resp = self.send_to(Some(&addr), &req).await?;
             for t in resp.topics {
                 let topic = t.name.to_string();
