@@ -21,9 +21,11 @@ use crate::broker::Broker;
 use crate::handlers::{self, Frame, HandlerError, Reply};
 use crate::observe;
 
-/// Responses a connection may have outstanding before it stops reading (Kafka clients pipeline
-/// at most `max.in.flight.requests.per.connection`, 5 by default).
-const MAX_PIPELINE: usize = 64;
+/// Responses a connection may have outstanding before it stops reading. librdkafka pipelines up
+/// to 1,000,000 requests, and an acks=all response can wait 100+ ms for a group-commit fsync while
+/// the kernel writes back a burst: a shallow pipeline then stops reading, and appends (so
+/// consumers) stall behind the fsync. Memory stays bounded by `queued.max.request.bytes`.
+const MAX_PIPELINE: usize = 1024;
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
