@@ -15,7 +15,8 @@ fi
 WORK="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 "$STROM" --listeners "PLAINTEXT://127.0.0.1:$PORT" --advertised-listeners "PLAINTEXT://127.0.0.1:$PORT" \
-    --log-dirs "$WORK/data" --override group.initial.rebalance.delay.ms=0 >"$WORK/broker.log" 2>&1 &
+    --log-dirs "$WORK/data" --override group.initial.rebalance.delay.ms=0 \
+    --override admin.listener=127.0.0.1:0 >"$WORK/broker.log" 2>&1 &
 BROKER=$!
 disown "$BROKER" # no job-control chatter when it is killed at exit
 CLUSTER="" # dev-cluster pid (scenario 2)

@@ -120,7 +120,8 @@ BOOT="127.0.0.1:$PORT"
 start_broker() {
     echo "===== [compat] $(date -u +%FT%TZ) starting $STROM on $BOOT (data dir $DATADIR) =====" >>"$BROKER_LOG"
     NO_COLOR=1 "$STROM" --listeners "PLAINTEXT://$BOOT" --advertised-listeners "PLAINTEXT://$BOOT" \
-        --log-dirs "$DATADIR" --override group.initial.rebalance.delay.ms=0 >>"$BROKER_LOG" 2>&1 &
+        --log-dirs "$DATADIR" --override group.initial.rebalance.delay.ms=0 \
+        --override admin.listener=127.0.0.1:0 >>"$BROKER_LOG" 2>&1 &
     BROKER_PID=$!
     local deadline=$((SECONDS + 30))
     while ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do

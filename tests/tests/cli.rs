@@ -76,6 +76,9 @@ fn properties_file_env_and_flags_are_layered() {
             &props.display().to_string(),
             "--override",
             "num.partitions=4",
+            // Any free port: the default 9644 may be taken by another broker on the machine.
+            "--override",
+            "admin.listener=127.0.0.1:0",
         ])
         .env("STROM_NUM_PARTITIONS", "3")
         .stdout(std::process::Stdio::null())
