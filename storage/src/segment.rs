@@ -431,8 +431,7 @@ impl Segment {
     pub fn roll_close(&mut self) -> Result<(), StorageError> {
         self.time_index
             .maybe_append(self.max_timestamp, self.offset_of_max_timestamp);
-        self.offset_index.trim()?;
-        self.time_index.trim()
+        self.seal_indexes()
     }
 
     /// Shrinks both indexes to their entries: the segment takes no more appends.
