@@ -380,12 +380,7 @@ fn groups_tools_lag_reset_delete() {
         &["topics", "create", "g", "--partitions", "3"],
         None,
     ));
-    let lines: String = (0..300).map(|i| format!("key{i}:{i}\n")).collect();
-    ok(&strom(
-        &b,
-        &["produce", "-t", "g", "--key-separator", ":"],
-        Some(&lines),
-    ));
+    produce_keyed(&b, "g", 300);
     // A real group member reads 120 records and commits where it stopped.
     let committed = consume_and_commit(&b, "ops", "g", 120);
     let lag = json(&b, &["groups", "lag", "ops"]);
@@ -514,6 +509,16 @@ fn groups_tools_lag_reset_delete() {
     );
 }
 
+/// Writes `count` records `key<i>` → `<i>` to `topic` with `strom produce`.
+fn produce_keyed(bootstrap: &str, topic: &str, count: usize) {
+    let lines: String = (0..count).map(|i| format!("key{i}:{i}\n")).collect();
+    ok(&strom(
+        bootstrap,
+        &["produce", "-t", topic, "--key-separator", ":"],
+        Some(&lines),
+    ));
+}
+
 /// A librdkafka group member polls `count` records, commits its positions synchronously and
 /// leaves; returns the committed offset per partition.
 fn consume_and_commit(
@@ -617,12 +622,7 @@ fn cluster_metrics_follow_a_node_kill_and_the_cli_sees_it() {
         ],
         None,
     ));
-    let lines: String = (0..300).map(|i| format!("key{i}:{i}\n")).collect();
-    ok(&strom(
-        &b,
-        &["produce", "-t", "solo", "--key-separator", ":"],
-        Some(&lines),
-    ));
+    produce_keyed(&b, "solo", 300);
     // 250 of 300 records: more than any two partitions hold, so all three get a commit.
     let committed = consume_and_commit(&b, "solo-readers", "solo", 250);
     assert_eq!(committed.len(), 3, "{committed:?}");
