@@ -251,14 +251,24 @@ async fn serve(args: ServeArgs) -> ExitCode {
         "strom is ready"
     );
     let stopping = broker.clone();
+    let failed = Arc::new(std::sync::OnceLock::new());
+    let fail = failed.clone();
     server
         .run(async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                reason = stopping.fatal() => { let _ = fail.set(reason); }
+            }
             // Leadership moves away while this node still answers, so clients fail over
             // without waiting for a session timeout.
             stopping.controlled_shutdown().await;
         })
         .await;
+    if let Some(reason) = failed.get() {
+        // Like Kafka's halt: nothing more is written; the next start recovers from disk.
+        eprintln!("strom: stopped: {reason}");
+        return ExitCode::from(1);
+    }
     // Membership changes of the last moments, so that groups resume after the restart (the
     // flusher in the background task must still run for these writes).
     broker.persist_groups().await;

@@ -39,6 +39,7 @@ pub fn rejection(r: Rejection) -> ApiError {
         Rejection::NotLeaderOrFollower => ResponseError::NotLeaderOrFollower,
         Rejection::InvalidUpdateVersion => ResponseError::InvalidUpdateVersion,
         Rejection::IneligibleReplica => ResponseError::IneligibleReplica,
+        Rejection::StaleBrokerEpoch => ResponseError::StaleBrokerEpoch,
     };
     ApiError::new(code, format!("the controller refused the change: {r:?}"))
 }

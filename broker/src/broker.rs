@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::error::ResponseError;
 use parking_lot::RwLock;
 use strom_raft::{Quorum, QuorumConfig, QuorumError};
 use strom_storage::{Flusher, StorageError};
@@ -49,6 +50,8 @@ pub struct Broker {
     pub(crate) serving: AtomicBool,
     /// Offsets-topic partitions this node leads and has loaded: it coordinates their groups.
     pub(crate) coordinating: RwLock<HashSet<i32>>,
+    /// Set when the node must stop: its log directory or metadata store failed.
+    fatal: watch::Sender<Option<String>>,
 }
 
 impl Broker {
@@ -102,6 +105,7 @@ impl Broker {
             shutting_down: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             coordinating: RwLock::new(HashSet::new()),
+            fatal: watch::Sender::new(None),
         });
         broker.start_cluster_tasks();
         Ok(broker)
@@ -172,12 +176,55 @@ impl Broker {
                         log.flush_if_due();
                     }
                     self.shrink_lagging_isrs();
+                    self.check_fatal();
                 }
                 _ = group_tick.tick() => {
                     self.groups.tick();
                     self.persist_groups().await;
                 }
+                _ = self.groups.wake.notified() => self.persist_groups().await,
             }
+        }
+    }
+
+    /// A failed log directory or metadata store stops the node, as Kafka halts a broker whose
+    /// only log directory failed: its replicas' files are in an unknown state (the kernel may
+    /// have dropped unflushed pages), so its partitions must be led elsewhere and it must
+    /// recover from disk before serving again. Serving on would keep leading partitions it
+    /// cannot write, or act on metadata that no longer advances.
+    fn check_fatal(&self) {
+        if self.fatal.borrow().is_some() {
+            return;
+        }
+        let reason = if let Some(log) = self.catalog.logs().into_iter().find(|l| l.is_offline()) {
+            format!(
+                "a write or fsync failed in {} (partition {}); check the disk, then restart the node: it recovers its logs from the last flush and rejoins",
+                self.config.log_dir.display(),
+                log.name()
+            )
+        } else if let Some(e) = self.quorum.fatal() {
+            format!(
+                "the metadata store in {} failed ({e}); check the disk, then restart the node",
+                self.config.log_dir.join("strom-raft").display()
+            )
+        } else {
+            return;
+        };
+        tracing::error!(reason = %reason, "stopping the node");
+        self.fatal.send_replace(Some(reason));
+    }
+
+    /// Resolves with the reason once the node must stop (see [`Broker::check_fatal`]).
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(r) => r,
+            // The sender lives as long as the broker: never dropped while awaited.
+            None => std::future::pending().await,
         }
     }
 
@@ -248,11 +295,20 @@ impl Broker {
         }
     }
 
-    /// Writes membership changes of the last tick to the offsets topic.
+    /// Writes membership changes to the offsets topic in the order they happened, and tells
+    /// the coordinator when an assignment that SyncGroup answers wait for is durable.
     pub async fn persist_groups(&self) {
-        for (group, snapshot) in self.groups.take_dirty() {
-            if let Err(e) = group::store::write_group(self, &group, snapshot.as_ref()).await {
-                tracing::warn!(group = %group, error = ?e, "could not store group metadata");
+        for w in self.groups.take_dirty() {
+            let result = group::store::write_group(self, &w.group, w.snapshot.as_ref()).await;
+            if let Err(e) = &result {
+                tracing::warn!(group = %w.group, error = ?e, "could not store group metadata");
+            }
+            if let Some(generation) = w.completes {
+                let result = result.map_err(|e| match e.code {
+                    ResponseError::NotCoordinator => e.code,
+                    _ => ResponseError::CoordinatorNotAvailable,
+                });
+                self.groups.stored(&w.group, generation, result);
             }
         }
     }

@@ -72,6 +72,8 @@ impl Broker {
             Transition::Leaderless => {
                 if self.shutting_down.load(Ordering::Acquire) {
                     tracing::debug!(topic = %p.topic, partition = p.index, "partition has no leader");
+                } else if p.state().isr.is_empty() {
+                    tracing::error!(topic = %p.topic, partition = p.index, replicas = ?p.state().replicas, "partition offline: its last in-sync replica came back with an empty data directory, so no replica is known to hold every acknowledged write; it stays offline until that data is restored or an operator accepts the loss with an unclean election (ElectLeaders UNCLEAN)");
                 } else {
                     tracing::warn!(topic = %p.topic, partition = p.index, "partition has no leader: waiting for an in-sync replica to return");
                 }
@@ -197,12 +199,22 @@ impl Broker {
     pub async fn wait_ready(&self) {
         let mut fenced = self.fenced.subscribe();
         let mut reconciled = self.reconciled.subscribe();
+        let mut registered = self.registered_at.subscribe();
         let mut warned = tokio::time::Instant::now();
         loop {
             let image = self.quorum.image();
+            // Only this process's own registration counts: the image on disk may still show
+            // the previous process (same id and disk) unfenced, leading partitions it no
+            // longer leads; serving from it is how a restarted node would act on stale
+            // metadata while the controller is unreachable.
+            let registered_at = *self.registered_at.borrow();
             let me = image.brokers.get(&self.node_id());
-            let unfenced =
-                me.is_some_and(|b| !b.fenced && b.incarnation == self.catalog.incarnation);
+            let unfenced = registered_at > 0
+                && me.is_some_and(|b| {
+                    !b.fenced
+                        && b.epoch == registered_at
+                        && b.incarnation == self.catalog.incarnation
+                });
             if unfenced && *self.reconciled.borrow() >= image.offset {
                 return;
             }
@@ -216,6 +228,7 @@ impl Broker {
                 tokio::select! {
                     _ = fenced.changed() => {}
                     _ = reconciled.changed() => {}
+                    _ = registered.changed() => {}
                 }
             })
             .await;
@@ -291,6 +304,7 @@ impl Broker {
         if isr.len() < st.isr.len() {
             tracing::warn!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?isr, "shrinking ISR: followers fell behind");
         }
+        p.alter_started(&isr);
         let cmd = Command::AlterPartition {
             topic: p.topic.clone(),
             partition: p.index,

@@ -74,7 +74,7 @@ pub const BROKER_KEYS: &[(&str, Kind, &str, &str)] = &[
     ("group.min.session.timeout.ms", Kind::Int, "6000", "Smallest session timeout a consumer may ask for."),
     ("group.max.session.timeout.ms", Kind::Int, "1800000", "Largest session timeout a consumer may ask for."),
     ("offsets.topic.num.partitions", Kind::Int, "50", "Partitions of the internal __consumer_offsets topic."),
-    ("offsets.topic.replication.factor", Kind::Short, "3", "Replication factor of __consumer_offsets (capped at the number of live brokers)."),
+    ("offsets.topic.replication.factor", Kind::Short, "3", "Replication factor of __consumer_offsets; it is not created (groups get COORDINATOR_NOT_AVAILABLE) until this many brokers are alive. A single node without controller.quorum.voters defaults to 1."),
     ("offsets.topic.segment.bytes", Kind::Int, "104857600", "Segment size of __consumer_offsets; a partition larger than this is compacted."),
     ("offsets.retention.minutes", Kind::Int, "10080", "Committed offsets of an empty group are deleted after this long."),
     ("producer.id.expiration.ms", Kind::Long, "86400000", "Forget an idempotent producer's sequence state after this long without writes."),
@@ -509,6 +509,14 @@ impl BrokerConfig {
         let cluster_id = get("cluster.id");
         let admin_listener =
             Some(get("admin.listener").trim().to_owned()).filter(|a| !a.is_empty());
+        // A lone node (no voters) cannot hold 3 replicas: its embedded default is 1, as Kafka's
+        // single-node quick start sets it. A value set explicitly is kept.
+        let offsets_replication_factor =
+            if voters.is_empty() && !props.contains_key("offsets.topic.replication.factor") {
+                1
+            } else {
+                num("offsets.topic.replication.factor")?.clamp(1, i64::from(i16::MAX)) as i16
+            };
         Ok(Self {
             admin_listener,
             node_id,
@@ -533,9 +541,9 @@ impl BrokerConfig {
                     .max(1) as u64,
                 controlled_shutdown: get("controlled.shutdown.enable") == "true",
                 snapshot_every: num("metadata.log.snapshot.interval.entries")?.max(10) as u64,
-                offsets_replication_factor: num("offsets.topic.replication.factor")?
-                    .clamp(1, i64::from(i16::MAX))
-                    as i16,
+                // A lone node (no voters) cannot hold 3 replicas: its embedded default is 1, as
+                // Kafka's single-node quick start sets it. A value set explicitly is kept.
+                offsets_replication_factor,
                 cluster_id: (!cluster_id.is_empty()).then_some(cluster_id),
             },
             log_dir: PathBuf::from(dirs.trim()),

@@ -302,24 +302,31 @@ fn mark_truncated(f: &Fetcher, topic: &str, index: i32, epoch: i32) {
 /// One fetch round. Ok(false) when there was nothing to fetch or every partition errored.
 async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::Result<bool> {
     let cfg = &b.config.cluster;
-    let parts: Vec<(Arc<Partition>, i32)> = f
+    // (partition, epoch, fetch offset): a response is applied only where all three still hold.
+    let parts: Vec<(Arc<Partition>, i32, i64)> = f
         .partitions
         .lock()
         .values()
         .filter(|p| !p.truncate)
-        .map(|p| (p.partition.clone(), p.epoch))
+        .map(|p| {
+            (
+                p.partition.clone(),
+                p.epoch,
+                p.partition.log.log_end_offset(),
+            )
+        })
         .collect();
     if parts.is_empty() {
         return Ok(false);
     }
     let mut by_topic: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
-    for (p, epoch) in &parts {
+    for (p, epoch, offset) in &parts {
         by_topic.entry(p.topic.clone()).or_default().push(
             FetchPartition::default()
                 .with_partition(p.index)
                 .with_current_leader_epoch(*epoch)
-                .with_fetch_offset(p.log.log_end_offset())
-                .with_last_fetched_epoch(-1)
+                .with_fetch_offset(*offset)
+                .with_last_fetched_epoch(p.log.latest_epoch().map_or(-1, |(e, _)| e))
                 .with_log_start_offset(p.log.log_start_offset())
                 .with_partition_max_bytes(cfg.replica_fetch_max_bytes),
         );
@@ -348,20 +355,51 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
         return Ok(false);
     }
     let mut progressed = false;
+    let mut appended = Vec::new();
     for t in resp.responses {
         for r in t.partitions {
-            let Some((p, epoch)) = parts
+            let Some((p, epoch, offset)) = parts
                 .iter()
-                .find(|(p, _)| p.topic == t.topic.as_str() && p.index == r.partition_index)
+                .find(|(p, ..)| p.topic == t.topic.as_str() && p.index == r.partition_index)
             else {
                 continue;
             };
+            if !still_follows(f, p, *epoch) {
+                continue;
+            }
             match ResponseError::try_from_code(r.error_code) {
+                None if r.diverging_epoch.epoch >= 0 => {
+                    // KIP-320: our last epoch ends earlier on the leader; cut there (KIP-279:
+                    // or where that epoch ends locally, if sooner) and fetch again.
+                    let (_, local_end) = p.log.end_offset_for_epoch(r.diverging_epoch.epoch);
+                    let end = if local_end < 0 {
+                        r.diverging_epoch.end_offset
+                    } else {
+                        r.diverging_epoch.end_offset.min(local_end)
+                    };
+                    tracing::info!(
+                        log = p.log.name(),
+                        from = p.log.log_end_offset(),
+                        to = end,
+                        leader_epoch = r.diverging_epoch.epoch,
+                        "leader reports diverging history: truncating"
+                    );
+                    if let Err(e) = p.log.truncate_to(end) {
+                        tracing::error!(log = p.log.name(), error = %e, "truncation failed");
+                        set_truncate(f, p, *epoch);
+                    }
+                    progressed = true;
+                }
                 None => {
                     let data = r.records.unwrap_or_default();
                     if !data.is_empty() {
-                        match p.log.append_replicated(&data) {
-                            Ok(_) => progressed = true,
+                        match p.append_as_follower(f.leader, *epoch, *offset, &data) {
+                            Ok(Some(end)) => {
+                                progressed = true;
+                                appended.push((p.log.clone(), end));
+                            }
+                            // Leadership or the log moved while the fetch was out: drop it.
+                            Ok(None) => continue,
                             Err(e) => {
                                 tracing::warn!(log = p.log.name(), error = %e, "could not append replicated data; re-checking with the leader");
                                 set_truncate(f, p, *epoch);
@@ -403,7 +441,28 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
             }
         }
     }
+    // The next fetch reports our log end as our position, and the leader counts it toward the
+    // high watermark: with `log.flush.acks.all` that position must be on disk here too, or an
+    // acknowledged write could be lost when every replica loses power at once.
+    let flushes = appended
+        .into_iter()
+        .filter(|(log, _)| log.config().flush_on_acks_all)
+        .map(|(log, end)| async move {
+            if let Err(e) = log.wait_flushed(end).await {
+                tracing::error!(log = log.name(), error = %e, "replica flush failed");
+            }
+        });
+    futures::future::join_all(flushes).await;
     Ok(progressed)
+}
+
+/// Whether this fetcher still follows `p` at `epoch` with no truncation pending (metadata may
+/// have moved while the fetch was out).
+fn still_follows(f: &Fetcher, p: &Partition, epoch: i32) -> bool {
+    f.partitions
+        .lock()
+        .get(&key(p))
+        .is_some_and(|x| x.epoch == epoch && !x.truncate && Arc::ptr_eq(&x.partition.log, &p.log))
 }
 
 fn set_truncate(f: &Fetcher, p: &Partition, epoch: i32) {

@@ -50,6 +50,10 @@ pub struct Partition {
     node_id: BrokerId,
     state: RwLock<PartitionState>,
     progress: Mutex<HashMap<BrokerId, Progress>>,
+    /// Followers an AlterPartition of ours is adding to the ISR. Until the controller answers,
+    /// the high watermark waits for them as well (KIP-497's maximal ISR): should the change
+    /// commit while its answer is still on the way, they may already be elected.
+    joining: Mutex<Vec<BrokerId>>,
     /// An AlterPartition of ours is in flight: do not send another.
     pub(crate) alter_pending: AtomicBool,
     /// Bumped whenever the state changes, so waiting producers re-check leadership and ISR.
@@ -73,6 +77,7 @@ impl Partition {
                 removing: Vec::new(),
             }),
             progress: Mutex::new(HashMap::new()),
+            joining: Mutex::new(Vec::new()),
             alter_pending: AtomicBool::new(false),
             changed: watch::Sender::new(0),
         }
@@ -96,13 +101,7 @@ impl Partition {
         if st.leader == self.node_id {
             Ok(st.clone())
         } else {
-            Err(ApiError::new(
-                ResponseError::NotLeaderOrFollower,
-                format!(
-                    "broker {} is not the leader of {}-{} (leader: {})",
-                    self.node_id, self.topic, self.index, st.leader
-                ),
-            ))
+            Err(self.not_leader(&st))
         }
     }
 
@@ -170,15 +169,22 @@ impl Partition {
         self.advance_high_watermark();
     }
 
-    /// The high watermark is the smallest log end over the ISR; it never goes backwards.
+    /// The high watermark is the smallest log end over the maximal ISR (the ISR plus members
+    /// being added); it never goes backwards.
     pub fn advance_high_watermark(&self) {
         let st = self.state.read();
         if st.leader != self.node_id {
             return;
         }
         let mut hw = self.log.log_end_offset();
+        let joining = self.joining.lock().clone();
         let progress = self.progress.lock();
-        for r in st.isr.iter().filter(|r| **r != self.node_id) {
+        for r in st
+            .isr
+            .iter()
+            .chain(joining.iter().filter(|j| !st.isr.contains(j)))
+            .filter(|r| **r != self.node_id)
+        {
             match progress.get(r) {
                 Some(p) if p.log_end >= 0 => hw = hw.min(p.log_end),
                 _ => return,
@@ -187,6 +193,56 @@ impl Partition {
         drop(progress);
         drop(st);
         self.log.set_high_watermark(hw);
+    }
+
+    /// Appends a producer's batch as leader. Leadership and `check` (e.g. min.insync.replicas)
+    /// are decided under the same lock that a metadata update takes to change them, so the
+    /// append happens at the epoch that was checked or not at all.
+    pub fn append_as_leader(
+        &self,
+        data: impl Into<bytes::Bytes>,
+        check: impl FnOnce(&PartitionState) -> Result<(), ApiError>,
+    ) -> Result<strom_storage::AppendResult, ApiError> {
+        let result = {
+            let st = self.state.read();
+            if st.leader != self.node_id {
+                return Err(self.not_leader(&st));
+            }
+            check(&st)?;
+            self.log.append(data, st.leader_epoch)?
+        };
+        self.advance_high_watermark();
+        Ok(result)
+    }
+
+    /// Appends what the leader `leader` sent at `epoch` for a fetch at `fetch_offset`, if this
+    /// replica still follows that leader at that epoch and its log still ends there; a stale
+    /// response (leadership moved, or the log was truncated meanwhile) is dropped (`Ok(None)`).
+    pub fn append_as_follower(
+        &self,
+        leader: BrokerId,
+        epoch: i32,
+        fetch_offset: i64,
+        data: &[u8],
+    ) -> Result<Option<i64>, strom_storage::StorageError> {
+        let st = self.state.read();
+        if st.leader != leader
+            || st.leader_epoch != epoch
+            || self.log.log_end_offset() != fetch_offset
+        {
+            return Ok(None);
+        }
+        self.log.append_replicated(data).map(Some)
+    }
+
+    fn not_leader(&self, st: &PartitionState) -> ApiError {
+        ApiError::new(
+            ResponseError::NotLeaderOrFollower,
+            format!(
+                "broker {} is not the leader of {}-{} (leader: {})",
+                self.node_id, self.topic, self.index, st.leader
+            ),
+        )
     }
 
     /// A follower fetched from `fetch_offset`: it has everything below it. Returns the ISR
@@ -253,8 +309,7 @@ impl Partition {
     /// ISR members known to be in sync right now: the leader plus followers that caught up
     /// within `max_lag`. Smaller than the ISR when followers died and the controller could not
     /// (yet) shrink it, e.g. without a quorum: acks=all is refused rather than left hanging.
-    pub fn in_sync_now(&self, max_lag: Duration) -> usize {
-        let st = self.state.read();
+    pub fn in_sync_now(&self, st: &PartitionState, max_lag: Duration) -> usize {
         let progress = self.progress.lock();
         st.isr
             .iter()
@@ -307,8 +362,16 @@ impl Partition {
         }
     }
 
+    /// Our AlterPartition is on its way: members it adds count for the high watermark now.
+    pub(crate) fn alter_started(&self, isr: &[BrokerId]) {
+        *self.joining.lock() = isr.to_vec();
+    }
+
     pub(crate) fn alter_done(&self) {
+        self.joining.lock().clear();
         self.alter_pending.store(false, Ordering::Release);
+        // Members that did not join stop holding the high watermark back.
+        self.advance_high_watermark();
     }
 
     pub(crate) fn try_begin_alter(&self) -> bool {

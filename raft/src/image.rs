@@ -86,14 +86,19 @@ pub enum Command {
         cluster_id: String,
     },
     /// The broker stopped heartbeating (or shut down): it leaves every ISR it can and loses
-    /// leadership.
+    /// leadership. `epoch` names the registration the decision was about: a command for an
+    /// older registration of the id (the process restarted meanwhile) is refused.
     FenceBroker {
         id: BrokerId,
+        #[serde(default)]
+        epoch: Option<u64>,
     },
     /// The broker caught up with the metadata and heartbeats: partitions without a leader whose
-    /// ISR holds it get it back as leader.
+    /// ISR holds it get it back as leader. Refused unless `epoch` is the current registration's.
     UnfenceBroker {
         id: BrokerId,
+        #[serde(default)]
+        epoch: Option<u64>,
     },
     CreateTopic {
         name: String,
@@ -128,6 +133,12 @@ pub enum Command {
     ElectPreferred {
         partitions: Vec<(String, i32)>,
     },
+    /// Unclean election (an operator's ElectLeaders UNCLEAN, or `unclean.leader.election.
+    /// enable`): a partition with no leader and no live ISR member is given to its first live
+    /// replica, which becomes the whole ISR. Whatever only the lost replicas held is gone.
+    ElectUnclean {
+        partitions: Vec<(String, i32)>,
+    },
     AllocateProducerIds {
         broker: BrokerId,
     },
@@ -160,6 +171,9 @@ pub enum Rejection {
     /// AlterPartition adding a fenced or non-replica broker.
     IneligibleReplica,
     UnknownBroker,
+    /// Fence or unfence for a registration that is no longer current (Kafka's
+    /// STALE_BROKER_EPOCH).
+    StaleBrokerEpoch,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +287,9 @@ impl MetadataImage {
                 if self.cluster_id.is_empty() {
                     self.cluster_id = cluster_id.clone();
                 }
-                let fenced_before = self.brokers.get(id).is_none_or(|b| b.fenced);
+                let previous = self.brokers.get(id);
+                let fenced_before = previous.is_none_or(|b| b.fenced);
+                let new_disk = previous.is_some_and(|b| b.incarnation != *incarnation);
                 self.brokers.insert(
                     *id,
                     BrokerRegistration {
@@ -285,23 +301,32 @@ impl MetadataImage {
                         fenced: true,
                     },
                 );
-                if !fenced_before {
+                if new_disk {
+                    // Whatever this id held is gone with its old data directory.
+                    self.forget_replicas(*id);
+                } else if !fenced_before {
                     // A restart without a controlled shutdown: the old process is gone.
                     self.fence(*id);
                 }
                 Outcome::Done
             }
-            Command::FenceBroker { id } => {
-                if !self.brokers.contains_key(id) {
+            Command::FenceBroker { id, epoch } => {
+                let Some(b) = self.brokers.get(id) else {
                     return Outcome::Rejected(Rejection::UnknownBroker);
+                };
+                if epoch.is_some_and(|e| e != b.epoch) {
+                    return Outcome::Rejected(Rejection::StaleBrokerEpoch);
                 }
                 self.fence(*id);
                 Outcome::Done
             }
-            Command::UnfenceBroker { id } => {
+            Command::UnfenceBroker { id, epoch } => {
                 let Some(b) = self.brokers.get_mut(id) else {
                     return Outcome::Rejected(Rejection::UnknownBroker);
                 };
+                if epoch.is_some_and(|e| e != b.epoch) {
+                    return Outcome::Rejected(Rejection::StaleBrokerEpoch);
+                }
                 b.fenced = false;
                 let id = *id;
                 self.update_partitions(|p| {
@@ -404,6 +429,30 @@ impl MetadataImage {
                     }
                 }
                 Outcome::Done
+            }
+            Command::ElectUnclean { partitions } => {
+                let brokers = self.brokers.clone();
+                let live = |b: &BrokerId| brokers.get(b).is_some_and(|r| !r.fenced);
+                let mut elected = false;
+                for (name, index) in partitions {
+                    let Some(p) = self.partition_mut(name, *index) else {
+                        continue;
+                    };
+                    if p.leader >= 0 || p.isr.iter().any(live) {
+                        continue;
+                    }
+                    if let Some(next) = p.replicas.iter().copied().find(live) {
+                        p.isr = vec![next];
+                        p.set_leader(next);
+                        p.partition_epoch += 1;
+                        elected = true;
+                    }
+                }
+                if elected {
+                    Outcome::Done
+                } else {
+                    Outcome::Rejected(Rejection::IneligibleReplica)
+                }
             }
             Command::AllocateProducerIds { broker } => {
                 if !self.brokers.contains_key(broker) {
@@ -535,6 +584,43 @@ impl MetadataImage {
         });
     }
 
+    /// `id` came back with a new data directory: it holds none of its replicas' data any more,
+    /// so it leaves every ISR, even as the last member. A partition whose ISR empties that way
+    /// goes offline (no leader) instead of being led by an empty log: only an explicit unclean
+    /// election may bring it back with less than it had.
+    fn forget_replicas(&mut self, id: BrokerId) {
+        let live: BTreeMap<BrokerId, bool> =
+            self.brokers.iter().map(|(k, b)| (*k, !b.fenced)).collect();
+        self.update_partitions(|p| {
+            // A leader is always in its ISR, so a replica outside it has nothing to give up.
+            if !p.isr.contains(&id) {
+                return;
+            }
+            p.isr.retain(|b| *b != id);
+            if p.leader == id || p.leader < 0 {
+                let next = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .find(|b| p.isr.contains(b) && live.get(b).copied().unwrap_or(false))
+                    .unwrap_or(-1);
+                p.set_leader(next);
+            }
+            p.partition_epoch += 1;
+        });
+    }
+
+    /// Partitions that lost every in-sync replica (no member left to elect).
+    pub fn offline_partitions(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.topics.values().flat_map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.isr.is_empty())
+                .map(|(i, _)| (t.name.as_str(), i as i32))
+        })
+    }
+
     fn alter_partition(
         &mut self,
         topic: &str,
@@ -597,7 +683,13 @@ mod tests {
                     cluster_id: "c".into(),
                 },
             );
-            img.apply(i as u64 + 1, &Command::UnfenceBroker { id: *b });
+            img.apply(
+                i as u64 + 1,
+                &Command::UnfenceBroker {
+                    id: *b,
+                    epoch: None,
+                },
+            );
         }
         img.apply(
             10,
@@ -629,21 +721,21 @@ mod tests {
     #[test]
     fn fencing_moves_leadership_within_the_isr_and_never_empties_it() {
         let mut img = image_with(&[1, 2, 3]);
-        img.apply(11, &Command::FenceBroker { id: 1 });
+        img.apply(11, &Command::FenceBroker { id: 1, epoch: None });
         let p = part(&img, 0);
         assert_eq!(
             (p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch),
             (2, vec![2, 3], 1, 1)
         );
-        img.apply(12, &Command::FenceBroker { id: 2 });
-        img.apply(13, &Command::FenceBroker { id: 3 });
+        img.apply(12, &Command::FenceBroker { id: 2, epoch: None });
+        img.apply(13, &Command::FenceBroker { id: 3, epoch: None });
         let p = part(&img, 0);
         // The last ISR member stays in it, leaderless: no unclean election.
         assert_eq!((p.leader, p.isr.clone()), (-1, vec![3]));
         // Broker 1 is not in the ISR: coming back does not make it leader.
-        img.apply(14, &Command::UnfenceBroker { id: 1 });
+        img.apply(14, &Command::UnfenceBroker { id: 1, epoch: None });
         assert_eq!(part(&img, 0).leader, -1);
-        img.apply(15, &Command::UnfenceBroker { id: 3 });
+        img.apply(15, &Command::UnfenceBroker { id: 3, epoch: None });
         assert_eq!(part(&img, 0).leader, 3);
     }
 
@@ -675,7 +767,7 @@ mod tests {
             img.apply(13, &stale_leader),
             Outcome::Rejected(Rejection::NotLeaderOrFollower)
         );
-        img.apply(14, &Command::FenceBroker { id: 3 });
+        img.apply(14, &Command::FenceBroker { id: 3, epoch: None });
         let grow = Command::AlterPartition {
             topic: "t".into(),
             partition: 0,
@@ -693,8 +785,8 @@ mod tests {
     #[test]
     fn preferred_election_and_producer_blocks() {
         let mut img = image_with(&[1, 2, 3]);
-        img.apply(11, &Command::FenceBroker { id: 1 });
-        img.apply(12, &Command::UnfenceBroker { id: 1 });
+        img.apply(11, &Command::FenceBroker { id: 1, epoch: None });
+        img.apply(12, &Command::UnfenceBroker { id: 1, epoch: None });
         assert_eq!(part(&img, 0).leader, 2);
         let grow = Command::AlterPartition {
             topic: "t".into(),
@@ -797,5 +889,126 @@ mod tests {
         );
         assert_eq!(part(&img, 0).leader, 2);
         assert!(img.brokers[&1].fenced);
+    }
+
+    fn register(img: &mut MetadataImage, offset: u64, id: BrokerId, incarnation: Uuid) {
+        img.apply(
+            offset,
+            &Command::RegisterBroker {
+                id,
+                incarnation,
+                endpoint: Endpoint {
+                    host: "h".into(),
+                    port: 9092,
+                },
+                rack: None,
+                cluster_id: "c".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn a_last_isr_member_back_with_an_empty_disk_is_never_elected() {
+        let mut img = image_with(&[1, 2, 3]);
+        // Both followers die: the ISR shrinks to the leader, which then dies too.
+        img.apply(11, &Command::FenceBroker { id: 2, epoch: None });
+        img.apply(12, &Command::FenceBroker { id: 3, epoch: None });
+        img.apply(13, &Command::FenceBroker { id: 1, epoch: None });
+        assert_eq!(
+            (part(&img, 0).leader, part(&img, 0).isr.clone()),
+            (-1, vec![1])
+        );
+        // The leader comes back on a new volume: it holds nothing, so it leaves the ISR and the
+        // partition stays offline rather than being led by an empty log.
+        register(&mut img, 14, 1, Uuid::new_v4());
+        let p = part(&img, 0);
+        assert_eq!((p.leader, p.isr.clone()), (-1, vec![]));
+        assert_eq!(
+            img.offline_partitions().count(),
+            2,
+            "both partitions had only it left"
+        );
+        let epoch = img.brokers[&1].epoch;
+        img.apply(
+            15,
+            &Command::UnfenceBroker {
+                id: 1,
+                epoch: Some(epoch),
+            },
+        );
+        img.apply(16, &Command::UnfenceBroker { id: 2, epoch: None });
+        assert_eq!(
+            part(&img, 0).leader,
+            -1,
+            "neither the wiped node nor a stale follower leads"
+        );
+        // An operator's unclean election picks a live replica, knowingly.
+        let unclean = Command::ElectUnclean {
+            partitions: vec![("t".into(), 0)],
+        };
+        assert_eq!(img.apply(17, &unclean), Outcome::Done);
+        let p = part(&img, 0);
+        assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
+        // A restart on the same disk keeps the last-replica-standing rule (KIP-966's case).
+        let mut img = image_with(&[1, 2, 3]);
+        img.apply(11, &Command::FenceBroker { id: 2, epoch: None });
+        img.apply(12, &Command::FenceBroker { id: 3, epoch: None });
+        img.apply(13, &Command::FenceBroker { id: 1, epoch: None });
+        let same_disk = img.brokers[&1].incarnation;
+        register(&mut img, 14, 1, same_disk);
+        img.apply(
+            15,
+            &Command::UnfenceBroker {
+                id: 1,
+                epoch: Some(14),
+            },
+        );
+        assert_eq!(part(&img, 0).leader, 1);
+    }
+
+    #[test]
+    fn a_wiped_follower_leaves_the_isr_when_it_registers() {
+        let mut img = image_with(&[1, 2, 3]);
+        register(&mut img, 11, 3, Uuid::new_v4());
+        let p = part(&img, 0);
+        assert_eq!((p.leader, p.isr.clone()), (1, vec![1, 2]));
+        assert_eq!(p.partition_epoch, 1);
+    }
+
+    #[test]
+    fn fence_and_unfence_for_an_old_registration_are_refused() {
+        let mut img = image_with(&[1, 2, 3]);
+        let old = img.brokers[&2].epoch;
+        let disk = img.brokers[&2].incarnation;
+        register(&mut img, 11, 2, disk);
+        assert_eq!(
+            img.apply(
+                12,
+                &Command::UnfenceBroker {
+                    id: 2,
+                    epoch: Some(old)
+                }
+            ),
+            Outcome::Rejected(Rejection::StaleBrokerEpoch)
+        );
+        assert!(img.brokers[&2].fenced);
+        img.apply(
+            13,
+            &Command::UnfenceBroker {
+                id: 2,
+                epoch: Some(11),
+            },
+        );
+        assert_eq!(
+            img.apply(
+                14,
+                &Command::FenceBroker {
+                    id: 2,
+                    epoch: Some(old)
+                }
+            ),
+            Outcome::Rejected(Rejection::StaleBrokerEpoch)
+        );
+        assert!(!img.brokers[&2].fenced);
     }
 }

@@ -102,7 +102,28 @@ pub struct Quorum {
     /// heartbeats so that a slow proposal never delays a heartbeat past the session timeout.
     peers: parking_lot::Mutex<HashMap<(u64, bool), SharedPeer>>,
     sessions: controller::Sessions,
+    /// Set while this voter must not vote: see [`Abstention`].
+    abstention: parking_lot::Mutex<Abstention>,
 }
+
+/// A voter whose Raft state is empty although the quorum already existed (its disk was wiped
+/// or replaced) has forgotten its votes and its log: voting now could elect a candidate that
+/// misses committed entries, or vote twice in one term. It abstains (answers no vote request
+/// beyond a brand-new cluster's first election) until it has applied everything that was
+/// committed when it first heard from a leader, then records that in `VOTER_MARKER`. This is
+/// the guarantee of KIP-853's rejoin-as-observer rule, without a membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abstention {
+    /// A voter in good standing (its log survived, or it caught up since).
+    Voting,
+    /// Blank; no leader seen yet.
+    Waiting,
+    /// Blank; catching up to this committed index.
+    CatchingUp(u64),
+}
+
+/// Present in the Raft directory once this node may vote.
+const VOTER_MARKER: &str = "voter";
 
 impl Quorum {
     /// Opens the Raft storage, joins (or bootstraps) the quorum and starts the controller RPC
@@ -115,6 +136,11 @@ impl Quorum {
         let log = store::LogStore::open(&cfg.dir).map_err(storage)?;
         let sm = store::StateMachine::open(&cfg.dir).map_err(storage)?;
         let blank = log.is_blank();
+        let abstention = if blank && !cfg.dir.join(VOTER_MARKER).exists() {
+            Abstention::Waiting
+        } else {
+            Abstention::Voting
+        };
         let image = sm.subscribe();
         let raft_config = openraft::Config {
             cluster_name: "strom".into(),
@@ -146,6 +172,7 @@ impl Quorum {
             image,
             peers: parking_lot::Mutex::new(HashMap::new()),
             sessions: controller::Sessions::default(),
+            abstention: parking_lot::Mutex::new(abstention),
         });
         if let Some(listener) = listener {
             tokio::spawn(quorum.clone().serve(listener));
@@ -196,6 +223,7 @@ impl Quorum {
         match self.raft.initialize(members).await {
             Ok(()) => {
                 tracing::info!(voters = ?self.cfg.voters.keys().collect::<Vec<_>>(), "initialised the metadata quorum");
+                self.may_vote();
                 Ok(())
             }
             Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
@@ -205,6 +233,57 @@ impl Quorum {
 
     pub fn node_id(&self) -> u64 {
         self.cfg.node_id
+    }
+
+    /// Whether to answer a vote request. A blank voter only takes part in a brand-new
+    /// cluster's first election (the candidate has no entry beyond the initial membership, so
+    /// nothing committed can be lost).
+    fn votes_for(&self, rpc: &openraft::raft::VoteRequest<u64>) -> bool {
+        let state = *self.abstention.lock();
+        state == Abstention::Voting || rpc.last_log_id.is_none_or(|l| l.index == 0)
+    }
+
+    /// After an AppendEntries from a leader: a blank voter learns how far it must catch up,
+    /// and starts voting once it has applied that far.
+    fn note_leader_commit(&self, commit: Option<u64>) {
+        let mut state = self.abstention.lock();
+        let target = match *state {
+            Abstention::Voting => return,
+            Abstention::Waiting => match commit {
+                Some(c) => {
+                    tracing::info!(
+                        committed = c,
+                        "this controller's metadata log was empty although the quorum exists (a wiped or new disk): not voting until it has caught up"
+                    );
+                    *state = Abstention::CatchingUp(c);
+                    c
+                }
+                None => return,
+            },
+            Abstention::CatchingUp(c) => c,
+        };
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        if applied >= target {
+            drop(state);
+            tracing::info!(applied, "caught up with the metadata quorum: voting again");
+            self.may_vote();
+        }
+    }
+
+    /// Records that this voter's Raft state is complete, so it votes from now on (restarts
+    /// included).
+    fn may_vote(&self) {
+        *self.abstention.lock() = Abstention::Voting;
+        if let Err(e) = std::fs::write(self.cfg.dir.join(VOTER_MARKER), b"1\n")
+            .and_then(|()| std::fs::File::open(&self.cfg.dir)?.sync_all())
+        {
+            tracing::warn!(error = %e, "cannot record the voter marker; this node will abstain again after a restart until caught up");
+        }
     }
 
     /// The latest applied image.
@@ -390,8 +469,11 @@ impl Quorum {
                     broker = hb.broker,
                     "controlled shutdown: moving leadership away"
                 );
-                self.propose_here(Command::FenceBroker { id: hb.broker })
-                    .await?;
+                self.propose_here(Command::FenceBroker {
+                    id: hb.broker,
+                    epoch: Some(reg.epoch),
+                })
+                .await?;
             }
             return Ok(HeartbeatReply {
                 registered: true,
@@ -403,11 +485,17 @@ impl Quorum {
                 broker = hb.broker,
                 "broker caught up with the metadata: unfencing it"
             );
-            self.propose_here(Command::UnfenceBroker { id: hb.broker })
+            // Carries the registration's epoch: if the broker re-registered meanwhile, the
+            // command is refused instead of unfencing a process that has not caught up.
+            let (_, outcome) = self
+                .propose_here(Command::UnfenceBroker {
+                    id: hb.broker,
+                    epoch: Some(reg.epoch),
+                })
                 .await?;
             return Ok(HeartbeatReply {
                 registered: true,
-                fenced: false,
+                fenced: outcome != Outcome::Done,
             });
         }
         Ok(HeartbeatReply {
@@ -445,7 +533,8 @@ impl Quorum {
                     timeout_ms = self.cfg.session_timeout_ms,
                     "broker session expired: fencing it"
                 );
-                if let Err(e) = self.propose_here(Command::FenceBroker { id }).await {
+                let epoch = image.brokers.get(&id).map(|b| b.epoch);
+                if let Err(e) = self.propose_here(Command::FenceBroker { id, epoch }).await {
                     tracing::warn!(broker = id, error = %e, "could not fence broker");
                 }
             }
@@ -498,9 +587,21 @@ impl Quorum {
             };
             let reply = match req {
                 network::Request::Append(rpc) => {
-                    network::Reply::Append(self.raft.append_entries(rpc).await)
+                    let commit = rpc.leader_commit.map(|l| l.index);
+                    let reply = self.raft.append_entries(rpc).await;
+                    if reply.is_ok() {
+                        self.note_leader_commit(commit);
+                    }
+                    network::Reply::Append(reply)
                 }
-                network::Request::Vote(rpc) => network::Reply::Vote(self.raft.vote(rpc).await),
+                network::Request::Vote(rpc) => {
+                    if !self.votes_for(&rpc) {
+                        // As if unreachable: the candidate retries and wins elsewhere or later.
+                        tracing::debug!(candidate = %rpc.vote, "abstaining from a vote until caught up");
+                        return;
+                    }
+                    network::Reply::Vote(self.raft.vote(rpc).await)
+                }
                 network::Request::Snapshot(rpc) => {
                     network::Reply::Snapshot(self.raft.install_snapshot(rpc).await)
                 }
@@ -521,6 +622,18 @@ impl Quorum {
                 return;
             }
         }
+    }
+
+    /// Why the metadata quorum stopped on this node (a storage error in its log, vote or
+    /// snapshot), if it did: the node then acts on metadata that no longer advances.
+    pub fn fatal(&self) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .running_state
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Stops Raft (the log is already durable).

@@ -364,7 +364,7 @@ impl Log {
         }
         self.write_active(&mut inner, &cfg, &parts, data.len(), &headers, now)?;
         for (h, _) in &headers {
-            inner.producers.record(h);
+            inner.producers.record(h, now_ms());
         }
         if inner.epochs.assign(leader_epoch, base_offset) {
             inner.epochs.write(&self.dir)?;
@@ -461,7 +461,7 @@ impl Log {
         self.write_active(&mut inner, &cfg, &[&data[..pos]], pos, &headers, 0)?;
         let mut epochs_changed = false;
         for (h, _) in &headers {
-            inner.producers.record(h);
+            inner.producers.record(h, now_ms());
             inner.unflushed_messages += i64::from(h.records_count);
             epochs_changed |= inner.epochs.assign(h.partition_leader_epoch, h.base_offset);
         }
@@ -483,6 +483,16 @@ impl Log {
             return Ok(inner.next_offset);
         }
         let offset = offset.max(inner.log_start_offset);
+        // Data below the cut that was written but not yet synced stays in the log: sync it now,
+        // since the dirty list is reset below and nothing else would.
+        for f in std::mem::take(&mut inner.dirty) {
+            if let Err(e) = f.sync_data().at(&self.dir) {
+                inner.offline = true;
+                drop(inner);
+                self.flushed_tx.send_modify(|s| s.failed = true);
+                return Err(e);
+            }
+        }
         let doomed: Vec<i64> = inner
             .segments
             .keys()
@@ -531,6 +541,9 @@ impl Log {
         self.flushed_tx
             .send_modify(|s| s.flushed = s.flushed.min(next));
         self.end_tx.send_replace(next);
+        // The recovery point on disk may lie beyond the cut: lower it before anything is
+        // written there again, or recovery would skip validating the new data after a crash.
+        self.write_checkpoint()?;
         Ok(next)
     }
 
@@ -633,6 +646,11 @@ impl Log {
         self.flushed_tx
             .send_modify(|s| s.flushed = s.flushed.max(target));
         Ok(())
+    }
+
+    /// A write or fsync failed: the log's file state is unknown until a restart recovers it.
+    pub fn is_offline(&self) -> bool {
+        self.inner.lock().offline
     }
 
     /// Offset up to which data is known to be on stable storage.
@@ -893,7 +911,7 @@ fn rebuild_producers(segments: &BTreeMap<i64, Segment>) -> Result<ProducerState,
         let mut pos = 0u64;
         while pos < seg.size() {
             let h = seg.header_at(pos)?;
-            state.record(&h);
+            state.record(&h, now_ms());
             pos += h.total_len() as u64;
         }
     }

@@ -27,7 +27,8 @@ pub struct BatchMeta {
 struct Entry {
     epoch: i16,
     batches: VecDeque<BatchMeta>,
-    /// Max timestamp of its last batch, for `producer.id.expiration.ms`.
+    /// When this broker last appended one of its batches (its own clock, never the client's
+    /// timestamps), for `producer.id.expiration.ms`.
     last_timestamp: i64,
 }
 
@@ -130,8 +131,9 @@ impl ProducerState {
         Ok(Check::Append)
     }
 
-    /// Records a batch that is now in the log (its header carries the assigned offsets).
-    pub fn record(&mut self, h: &BatchHeader) {
+    /// Records a batch that is now in the log (its header carries the assigned offsets),
+    /// appended at `now_ms` by this broker's clock.
+    pub fn record(&mut self, h: &BatchHeader, now_ms: i64) {
         if h.producer_id < 0 || h.base_sequence < 0 {
             return;
         }
@@ -141,7 +143,7 @@ impl ProducerState {
             .or_insert_with(|| Entry {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
-                last_timestamp: h.max_timestamp,
+                last_timestamp: now_ms,
             });
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
@@ -156,7 +158,7 @@ impl ProducerState {
             first_offset: h.base_offset,
             last_offset: h.last_offset(),
         });
-        entry.last_timestamp = entry.last_timestamp.max(h.max_timestamp);
+        entry.last_timestamp = entry.last_timestamp.max(now_ms);
     }
 
     /// Forgets producers idle for longer than `max_idle_ms` (`producer.id.expiration.ms`).
@@ -279,8 +281,8 @@ mod tests {
             })
         );
         assert_eq!(s.check(&header(7, 0, 0, 5, 0)), Ok(Check::Append));
-        s.record(&header(7, 0, 0, 5, 0));
-        s.record(&header(7, 0, 5, 5, 5));
+        s.record(&header(7, 0, 0, 5, 0), 1_000);
+        s.record(&header(7, 0, 5, 5, 5), 1_000);
         // A retry of either retained batch is answered with its original offsets.
         assert_eq!(
             s.check(&header(7, 0, 0, 5, 99)),
@@ -309,7 +311,7 @@ mod tests {
             s.check(&header(7, 1, 4, 1, 99)),
             Err(SequenceError::OutOfOrder { .. })
         ));
-        s.record(&header(7, 1, 0, 1, 10));
+        s.record(&header(7, 1, 0, 1, 10), 1_000);
         assert!(matches!(
             s.check(&header(7, 0, 10, 1, 99)),
             Err(SequenceError::InvalidEpoch { .. })
@@ -322,7 +324,7 @@ mod tests {
     fn only_five_batches_are_retained_and_sequences_wrap() {
         let mut s = ProducerState::default();
         for i in 0..7 {
-            s.record(&header(1, 0, i, 1, i64::from(i)));
+            s.record(&header(1, 0, i, 1, i64::from(i)), 1_000);
         }
         assert_eq!(
             s.check(&header(1, 0, 1, 1, 0)),
@@ -337,7 +339,7 @@ mod tests {
             Ok(Check::Duplicate(_))
         ));
         let mut w = ProducerState::default();
-        w.record(&header(2, 0, i32::MAX - 1, 2, 0));
+        w.record(&header(2, 0, i32::MAX - 1, 2, 0), 1_000);
         assert_eq!(w.check(&header(2, 0, 0, 1, 2)), Ok(Check::Append));
     }
 
@@ -345,8 +347,8 @@ mod tests {
     fn snapshot_round_trips_only_at_its_offset() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = ProducerState::default();
-        s.record(&header(3, 2, 0, 4, 10));
-        s.record(&header(4, 0, 0, 1, 14));
+        s.record(&header(3, 2, 0, 4, 10), 1_000);
+        s.record(&header(4, 0, 0, 1, 14), 1_000);
         s.write_snapshot(dir.path(), 15).expect("write");
         assert_eq!(ProducerState::read_snapshot(dir.path(), 15), Some(s));
         assert_eq!(ProducerState::read_snapshot(dir.path(), 16), None);
@@ -355,9 +357,19 @@ mod tests {
     #[test]
     fn idle_producers_expire() {
         let mut s = ProducerState::default();
-        s.record(&header(1, 0, 0, 1, 0));
+        s.record(&header(1, 0, 0, 1, 0), 1_000);
         assert_eq!(s.expire(1_000 + 10, 100), 0);
         assert_eq!(s.expire(1_000 + 101, 100), 1);
         assert!(s.is_empty());
+        // Idleness is measured by the broker's clock: a client's timestamps, however far in the
+        // future or the past, neither keep a producer alive nor expire it early.
+        let mut future = header(2, 0, 0, 1, 0);
+        future.max_timestamp = i64::MAX / 2;
+        s.record(&future, 5_000);
+        assert_eq!(s.expire(5_000 + 101, 100), 1);
+        let mut past = header(3, 0, 0, 1, 0);
+        past.max_timestamp = 0;
+        s.record(&past, 5_000);
+        assert_eq!(s.expire(5_000 + 10, 100), 0);
     }
 }

@@ -52,7 +52,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Settings every node gets: fast failure detection, so faults resolve within seconds.
-const OVERRIDES: &[(&str, &str)] = &[
+pub const OVERRIDES: &[(&str, &str)] = &[
     ("broker.session.timeout.ms", "2000"),
     ("broker.heartbeat.interval.ms", "250"),
     ("replica.lag.time.max.ms", "2000"),
@@ -359,6 +359,17 @@ impl Cluster {
         self.wait_ready(n, Instant::now() + READY_TIMEOUT);
     }
 
+    /// Starts node `n` again without waiting for it to serve (it may not, e.g. without a
+    /// controller quorum); [`Cluster::wait_serving`] waits.
+    pub fn start_node(&mut self, n: usize) {
+        self.spawn(n);
+    }
+
+    /// Waits until node `n`, started with [`Cluster::start_node`], accepts client connections.
+    pub fn wait_serving(&mut self, n: usize) {
+        self.wait_ready(n, Instant::now() + READY_TIMEOUT);
+    }
+
     /// Deletes node `n`'s data directory (the node must be stopped).
     pub fn wipe(&mut self, n: usize) {
         let node = self.node(n);
@@ -422,6 +433,46 @@ impl Cluster {
             "create topic {topic}: {res:?}"
         );
         self.wait_full_isr(topic, partitions, Duration::from_secs(30));
+    }
+
+    /// Creates `topic` with one partition per entry of `assignments` (its replicas, preferred
+    /// leader first) and waits until every partition has a leader and all its replicas in sync.
+    pub fn create_topic_assigned(&self, topic: &str, assignments: &[&[i32]]) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("admin client");
+        let new = NewTopic::new(
+            topic,
+            assignments.len() as i32,
+            TopicReplication::Variable(assignments),
+        );
+        let res = block_on(admin.create_topics(
+            &[new],
+            &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+        ))
+        .expect("CreateTopics request");
+        assert!(
+            res.iter().all(Result::is_ok),
+            "create topic {topic}: {res:?}"
+        );
+        let sizes: Vec<usize> = assignments.iter().map(|a| a.len()).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ps = self.metadata(topic);
+            if ps.len() == sizes.len()
+                && ps
+                    .iter()
+                    .all(|p| p.leader >= 1 && p.isr.len() == sizes[p.partition as usize])
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{topic} not fully in sync: {ps:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Partition states of `topic` as librdkafka's metadata reports them (from whichever node

@@ -447,3 +447,150 @@ fn group_offsets_survive_coordinator_kill() {
         started.elapsed()
     );
 }
+
+/// Reads every record of `topic`/`partition` from the beginning to the high watermark.
+fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let (_, high) = c
+        .fetch_watermarks(topic, partition, TIMEOUT)
+        .expect("watermarks");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("partition");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while out.last().is_none_or(|(o, _)| o + 1 < high) && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            out.push((m.offset(), v));
+        }
+    }
+    out
+}
+
+/// The first compound fault: both followers die, the ISR shrinks to the leader, and
+/// the leader comes back on an empty disk. It must not be elected (which would make the
+/// followers truncate every acknowledged record); the partition stays offline, the follower's
+/// data stays on its disk, and an explicit unclean election brings it back from there.
+#[test]
+fn last_in_sync_replica_back_on_an_empty_disk_is_not_elected() {
+    const T: &str = "lastisr";
+    let mut c = Cluster::start();
+    // Replicas on nodes 2 and 3 only: node 1 keeps the controller quorum alive with either.
+    c.create_topic_assigned(T, &[&[2, 3]]);
+    let acked = produce_to(&c.bootstrap(), T, 200);
+
+    c.kill9(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .node_metadata(1, T)
+        .ok()
+        .and_then(|ps| ps.first().map(|p| p.isr.clone()))
+        != Some(vec![2])
+    {
+        assert!(Instant::now() < deadline, "the ISR never shrank to [2]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill9(2);
+    c.wipe(2);
+    // Node 3 first: with node 1 it forms the quorum that a blank node 2 may not vote in.
+    c.start_node(3);
+    c.start_node(2);
+    c.wait_serving(3);
+    c.wait_serving(2);
+
+    // Offline, not led by the empty node 2 nor by node 3 that missed nothing but is not in sync.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        for n in 1..=NODES {
+            if let Ok(ps) = c.node_metadata(n, T) {
+                assert_eq!(ps[0].leader, -1, "node {n} reports a leader: {ps:?}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let on_disk = strom_tests::cluster::read_log_dir(&c.data_dir(3).join(format!("{T}-0")))
+        .expect("node 3's log");
+    assert_eq!(on_disk.len(), acked.len(), "node 3 lost records");
+    assert!(
+        c.node(2).log().contains("partition offline"),
+        "node 2 logged no offline partition"
+    );
+
+    // The operator accepts node 3's copy.
+    let req = kafka_protocol::messages::ElectLeadersRequest::default()
+        .with_election_type(1)
+        .with_topic_partitions(Some(vec![
+            kafka_protocol::messages::elect_leaders_request::TopicPartitions::default()
+                .with_topic(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str(T),
+                ))
+                .with_partitions(vec![0]),
+        ]));
+    let resp = strom_tests::cluster::raw_call(c.node(1).addr(), 1, &req).expect("ElectLeaders");
+    let code = resp.replica_election_results[0].partition_result[0].error_code;
+    assert_eq!(code, 0, "unclean election refused: {resp:?}");
+    assert_eq!(c.leader(T, 0), 3);
+    assert_eq!(read_partition(&c.bootstrap(), T, 0), acked);
+}
+
+/// The second compound fault: the leader restarts while the controller quorum is
+/// unreachable. Its metadata on disk still names it leader; it must not serve from it.
+#[test]
+fn restarted_leader_without_a_quorum_serves_nothing() {
+    const T: &str = "stale";
+    let mut c = Cluster::start();
+    c.create_topic(T, 1);
+    let leader = c.leader(T, 0);
+    let before = produce_to(&c.bootstrap(), T, 50);
+    for n in others(leader) {
+        c.kill9(n);
+    }
+    c.kill9(leader);
+    c.start_node(leader);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        std::net::TcpStream::connect_timeout(&c.node(leader).addr(), Duration::from_secs(1))
+            .is_err(),
+        "node {leader} serves clients without having registered with a controller"
+    );
+    for n in others(leader) {
+        c.start_node(n);
+    }
+    for n in 1..=NODES {
+        c.wait_serving(n);
+    }
+    c.wait_full_isr(T, 1, Duration::from_secs(30));
+    assert_eq!(read_partition(&c.bootstrap(), T, 0), before);
+}
+
+/// Produces `count` acknowledged records (acks=all) to partition 0 of `topic`.
+fn produce_to(bootstrap: &str, topic: &str, count: usize) -> Vec<(i64, String)> {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    block_on(async {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let v = format!("v{i}");
+            let delivery = p
+                .send(
+                    FutureRecord::to(topic).partition(0).key(&v).payload(&v),
+                    TIMEOUT,
+                )
+                .await
+                .unwrap_or_else(|(e, _)| panic!("{v} not acknowledged: {e}"));
+            out.push((delivery.offset, v));
+        }
+        out
+    })
+}

@@ -120,6 +120,9 @@ struct Group {
     /// The running join phase started from Empty: it waits out the initial delay even when
     /// every known member has joined, so that more consumers can arrive.
     initial_delay: bool,
+    /// The leader's assignment for this generation is being stored; SyncGroup answers wait for
+    /// it (Kafka's storeGroup before propagating the assignment).
+    storing: bool,
     offsets: HashMap<(String, i32), Committed>,
 }
 
@@ -133,6 +136,7 @@ impl Group {
             leader: None,
             members: BTreeMap::new(),
             pending: HashMap::new(),
+            storing: false,
             rebalance_deadline: None,
             initial_delay: false,
             offsets: HashMap::new(),
@@ -262,8 +266,19 @@ pub type GroupState = (
 pub struct Coordinator {
     groups: Mutex<HashMap<String, Group>>,
     config: GroupConfig,
-    /// Membership changes to persist (`None`: the group was deleted), drained by the broker.
-    dirty: Mutex<Vec<(String, Option<GroupSnapshot>)>>,
+    /// Membership changes to persist, in the order they happened, drained by the broker.
+    dirty: Mutex<Vec<PendingWrite>>,
+    /// Wakes the broker's writer when a write has callers waiting on it.
+    pub wake: tokio::sync::Notify,
+}
+
+/// A membership change waiting to be written to the offsets topic.
+pub struct PendingWrite {
+    pub group: String,
+    /// `None`: the group was deleted.
+    pub snapshot: Option<GroupSnapshot>,
+    /// The generation whose SyncGroup answers wait for this write ([`Coordinator::stored`]).
+    pub completes: Option<i32>,
 }
 
 fn snapshot(g: &Group) -> GroupSnapshot {
@@ -306,6 +321,7 @@ impl Coordinator {
             groups: Mutex::new(HashMap::new()),
             config,
             dirty: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -382,7 +398,7 @@ impl Coordinator {
                 }
             }
         }
-        self.dirty.lock().retain(|(g, _)| !owned(g));
+        self.dirty.lock().retain(|w| !owned(&w.group));
     }
 
     /// The full state of every group stored in offsets-topic partition `partition`: what a
@@ -409,12 +425,16 @@ impl Coordinator {
     }
 
     /// Membership changes waiting to be written to the offsets topic.
-    pub fn take_dirty(&self) -> Vec<(String, Option<GroupSnapshot>)> {
+    pub fn take_dirty(&self) -> Vec<PendingWrite> {
         std::mem::take(&mut *self.dirty.lock())
     }
 
     fn mark_dirty(&self, id: &str, g: Option<&Group>) {
-        self.dirty.lock().push((id.to_owned(), g.map(snapshot)));
+        self.dirty.lock().push(PendingWrite {
+            group: id.to_owned(),
+            snapshot: g.map(snapshot),
+            completes: None,
+        });
     }
 
     /// JoinGroup. The receiver resolves when the join phase completes (or at once).
@@ -621,6 +641,7 @@ impl Coordinator {
             .retain(|_, m| m.join_waiter.is_some() || m.instance_id.is_some());
         g.pending.clear();
         g.generation += 1;
+        g.storing = false;
         g.rebalance_deadline = None;
         g.initial_delay = false;
         if g.members.is_empty() {
@@ -723,24 +744,20 @@ impl Coordinator {
                     m.sync_waiter = Some(tx);
                     m.last_heartbeat = Instant::now();
                 }
-                if g.leader.as_deref() == Some(member_id) {
+                if g.leader.as_deref() == Some(member_id) && !g.storing {
                     let mut given: HashMap<String, Bytes> = assignments.into_iter().collect();
                     for m in g.members.values_mut() {
                         m.assignment = given.remove(&m.id).unwrap_or_default();
                     }
-                    g.state = State::Stable;
-                    self.mark_dirty(group_id, Some(g));
-                    let (ptype, pname) = (g.protocol_type.clone(), g.protocol_name.clone());
-                    for m in g.members.values_mut() {
-                        if let Some(w) = m.sync_waiter.take() {
-                            let _ = w.send(SyncResult {
-                                error: None,
-                                protocol_type: ptype.clone(),
-                                protocol_name: pname.clone(),
-                                assignment: m.assignment.clone(),
-                            });
-                        }
-                    }
+                    // Nobody learns the assignment before it is durable: a coordinator that
+                    // takes over must know this generation, or it would hand it out again.
+                    g.storing = true;
+                    self.dirty.lock().push(PendingWrite {
+                        group: group_id.to_owned(),
+                        snapshot: Some(snapshot(g)),
+                        completes: Some(g.generation),
+                    });
+                    self.wake.notify_one();
                 }
             }
             State::Stable => {
@@ -759,6 +776,37 @@ impl Coordinator {
             State::Empty | State::Dead => fail(tx, ResponseError::UnknownMemberId),
         }
         rx
+    }
+
+    /// The write of `generation`'s assignment finished: on success the group is Stable and
+    /// every member waiting in SyncGroup gets its assignment; on failure they get `result`'s
+    /// error and must rejoin (Kafka's resetAndPropagateAssignmentError).
+    pub fn stored(&self, group_id: &str, generation: i32, result: Result<(), ResponseError>) {
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get_mut(group_id) else {
+            return;
+        };
+        if !g.storing || g.generation != generation || g.state != State::CompletingRebalance {
+            return;
+        }
+        g.storing = false;
+        if result.is_ok() {
+            g.state = State::Stable;
+        }
+        let (ptype, pname) = (g.protocol_type.clone(), g.protocol_name.clone());
+        for m in g.members.values_mut() {
+            if result.is_err() {
+                m.assignment = Bytes::new();
+            }
+            if let Some(w) = m.sync_waiter.take() {
+                let _ = w.send(SyncResult {
+                    error: result.err(),
+                    protocol_type: ptype.clone(),
+                    protocol_name: pname.clone(),
+                    assignment: m.assignment.clone(),
+                });
+            }
+        }
     }
 
     /// Heartbeat: keeps the session alive and tells the member when to rejoin.
@@ -1111,6 +1159,26 @@ mod tests {
         rx.try_recv().expect("answered without waiting")
     }
 
+    /// What the broker's writer does: every pending membership write succeeds.
+    fn store_all(c: &Coordinator) {
+        for w in c.take_dirty() {
+            if let Some(generation) = w.completes {
+                c.stored(&w.group, generation, Ok(()));
+            }
+        }
+    }
+
+    /// A leader's SyncGroup, answered once its assignment is stored.
+    fn leader_sync(c: &Coordinator, rx: oneshot::Receiver<SyncResult>) -> SyncResult {
+        let mut rx = rx;
+        assert!(
+            rx.try_recv().is_err(),
+            "answered before the assignment was stored"
+        );
+        store_all(c);
+        now_or_fail(rx)
+    }
+
     /// Joins as a new member through MEMBER_ID_REQUIRED; returns the pending join.
     fn join_new(c: &Coordinator) -> (String, oneshot::Receiver<JoinResult>) {
         let first = now_or_fail(c.join(join_req("", None)));
@@ -1130,14 +1198,17 @@ mod tests {
             (None, 1, a.as_str())
         );
         assert_eq!(joined.members.len(), 1);
-        let synced = now_or_fail(c.sync(
-            "g",
-            &a,
-            None,
-            1,
-            (None, None),
-            vec![(a.clone(), Bytes::from_static(b"p0"))],
-        ));
+        let synced = leader_sync(
+            &c,
+            c.sync(
+                "g",
+                &a,
+                None,
+                1,
+                (None, None),
+                vec![(a.clone(), Bytes::from_static(b"p0"))],
+            ),
+        );
         assert_eq!(synced.assignment, Bytes::from_static(b"p0"));
         assert_eq!(c.heartbeat("g", &a, None, 1), Ok(()));
         assert_eq!(c.describe("g").map(|d| d.state), Some(State::Stable));
@@ -1172,14 +1243,17 @@ mod tests {
         // The follower's SyncGroup waits for the leader's.
         let mut follower = c.sync("g", &b, None, 2, (None, None), vec![]);
         assert!(follower.try_recv().is_err());
-        now_or_fail(c.sync(
-            "g",
-            &a,
-            None,
-            2,
-            (None, None),
-            vec![(b.clone(), Bytes::from_static(b"p1"))],
-        ));
+        leader_sync(
+            &c,
+            c.sync(
+                "g",
+                &a,
+                None,
+                2,
+                (None, None),
+                vec![(b.clone(), Bytes::from_static(b"p1"))],
+            ),
+        );
         assert_eq!(now_or_fail(follower).assignment, Bytes::from_static(b"p1"));
         assert_eq!(
             c.check_commit("g", "nobody", None, 2, 8),
@@ -1211,12 +1285,55 @@ mod tests {
     }
 
     #[test]
+    fn an_assignment_that_could_not_be_stored_is_never_handed_out() {
+        let c = coordinator();
+        let (a, rx) = join_new(&c);
+        c.tick();
+        assert_eq!(now_or_fail(rx).generation, 1);
+        let mut rx = c.sync(
+            "g",
+            &a,
+            None,
+            1,
+            (None, None),
+            vec![(a.clone(), Bytes::from_static(b"p0"))],
+        );
+        assert!(rx.try_recv().is_err());
+        let writes = c.take_dirty();
+        let w = writes
+            .iter()
+            .find(|w| w.completes == Some(1))
+            .expect("a write for generation 1");
+        assert_eq!(w.snapshot.as_ref().map(|s| s.generation), Some(1));
+        c.stored("g", 1, Err(ResponseError::NotCoordinator));
+        let r = now_or_fail(rx);
+        assert_eq!(
+            (r.error, r.assignment),
+            (Some(ResponseError::NotCoordinator), Bytes::new())
+        );
+        assert_eq!(
+            c.describe("g").map(|d| d.state),
+            Some(State::CompletingRebalance),
+            "not Stable on an assignment nobody stored"
+        );
+        // A late answer for another generation changes nothing.
+        c.stored("g", 7, Ok(()));
+        assert_eq!(
+            c.describe("g").map(|d| d.state),
+            Some(State::CompletingRebalance)
+        );
+    }
+
+    #[test]
     fn a_static_member_rejoins_without_a_rebalance() {
         let c = coordinator();
         let rx = c.join(join_req("", Some("i-1")));
         c.tick();
         let first = now_or_fail(rx);
-        now_or_fail(c.sync("g", &first.member_id, Some("i-1"), 1, (None, None), vec![]));
+        leader_sync(
+            &c,
+            c.sync("g", &first.member_id, Some("i-1"), 1, (None, None), vec![]),
+        );
         let again = now_or_fail(c.join(join_req("", Some("i-1"))));
         assert_eq!(again.generation, 1, "no new generation");
         assert_ne!(again.member_id, first.member_id);

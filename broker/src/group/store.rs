@@ -275,9 +275,6 @@ async fn append(
     let partition = topic
         .partition(partition_for(group, topic.partition_count()))
         .ok_or(ResponseError::NotCoordinator)?;
-    let st = partition
-        .leader_state()
-        .map_err(|_| ApiError::from(ResponseError::NotCoordinator))?;
     let kvs: Vec<KeyValue<'_>> = encoded
         .iter()
         .map(|(k, v)| (Some(k.as_ref()), v.as_deref()))
@@ -285,8 +282,9 @@ async fn append(
     let batch = records::build_batch(Codec::None, super::commit_timestamp(), &kvs)
         .map_err(|e| ApiError::new(ResponseError::UnknownServerError, e.to_string()))?;
     let log = partition.log.clone();
-    let result = log.append(BytesMut::from(&batch[..]), st.leader_epoch)?;
-    partition.advance_high_watermark();
+    let result = partition
+        .append_as_leader(BytesMut::from(&batch[..]), |_| Ok(()))
+        .map_err(coordinator_error)?;
     let end = result.last_offset + 1;
     let min_isr = log.config().min_insync_replicas.max(1) as usize;
     // As durable as an acks=all produce: replicated to the ISR (and flushed when configured).

@@ -1,6 +1,7 @@
 //! ElectLeaders (key 43): preferred-leader election on demand (the controller also runs it
-//! periodically when `auto.leader.rebalance.enable`). Unclean election is refused: Strom never
-//! elects a replica outside the ISR.
+//! periodically when `auto.leader.rebalance.enable`), and unclean election: only for a
+//! partition that has no leader and no live in-sync replica (e.g. its last in-sync replica lost
+//! its disk), where an operator accepts losing what only the lost replicas held.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use strom_raft::Command;
 use super::{s, Ctx};
 
 const PREFERRED: i8 = 0;
+const UNCLEAN: i8 = 1;
 
 pub fn handle(
     ctx: &Ctx<'_>,
@@ -37,16 +39,37 @@ pub fn handle(
         };
         let mut results: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
         let mut eligible = Vec::new();
+        let mut unclean = Vec::new();
         for (topic, p) in &wanted {
             let state = before
                 .topic(topic)
                 .and_then(|t| t.partitions.get(usize::try_from(*p).ok()?));
             let verdict = match state {
                 None => Err((ResponseError::UnknownTopicOrPartition, "no such partition")),
-                Some(_) if req.election_type != PREFERRED => Err((
-                    ResponseError::EligibleLeadersNotAvailable,
-                    "unclean election is disabled: only ISR members may lead",
-                )),
+                Some(st) if req.election_type == UNCLEAN => {
+                    if st.leader >= 0 {
+                        Err((
+                            ResponseError::ElectionNotNeeded,
+                            "the partition has a leader",
+                        ))
+                    } else if st.isr.iter().any(|b| before.is_live(*b)) {
+                        Err((
+                            ResponseError::ElectionNotNeeded,
+                            "an in-sync replica is alive and will lead",
+                        ))
+                    } else if st.replicas.iter().any(|b| before.is_live(*b)) {
+                        unclean.push((topic.clone(), *p));
+                        Ok(())
+                    } else {
+                        Err((
+                            ResponseError::EligibleLeadersNotAvailable,
+                            "no replica of the partition is alive",
+                        ))
+                    }
+                }
+                Some(_) if req.election_type != PREFERRED => {
+                    Err((ResponseError::InvalidRequest, "unknown election type"))
+                }
                 Some(st) if st.replicas.first() == Some(&st.leader) => Err((
                     ResponseError::ElectionNotNeeded,
                     "the preferred replica already leads",
@@ -71,14 +94,25 @@ pub fn handle(
             }
             results.entry(topic.clone()).or_default().push(r);
         }
-        if !eligible.is_empty() {
-            if let Err(e) = broker
-                .change(Command::ElectPreferred {
-                    partitions: eligible.clone(),
-                })
-                .await
-            {
-                for (topic, p) in &eligible {
+        for (partitions, cmd) in [
+            (
+                eligible.clone(),
+                Command::ElectPreferred {
+                    partitions: eligible,
+                },
+            ),
+            (
+                unclean.clone(),
+                Command::ElectUnclean {
+                    partitions: unclean,
+                },
+            ),
+        ] {
+            if partitions.is_empty() {
+                continue;
+            }
+            if let Err(e) = broker.change(cmd).await {
+                for (topic, p) in &partitions {
                     if let Some(r) = results
                         .get_mut(topic)
                         .and_then(|v| v.iter_mut().find(|r| r.partition_id == *p))

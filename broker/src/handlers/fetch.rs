@@ -11,7 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use strom_storage::StorageError;
 use uuid::Uuid;
@@ -25,6 +27,9 @@ struct Wanted {
     offset: i64,
     max_bytes: usize,
     current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+    /// A follower whose last fetched epoch ends earlier here (KIP-320): (epoch, end offset).
+    diverging: Option<(i32, i64)>,
     partition: Result<Arc<Partition>, ApiError>,
 }
 
@@ -52,7 +57,7 @@ pub fn handle(
     let version = ctx.version;
     let catalog = &ctx.broker.catalog;
     let session_error = version >= 7 && (req.session_id != 0 || req.session_epoch > 0);
-    let topics: Vec<TopicWanted> = req
+    let mut topics: Vec<TopicWanted> = req
         .topics
         .into_iter()
         .map(|t| {
@@ -75,6 +80,12 @@ pub fn handle(
                     offset: p.fetch_offset,
                     max_bytes: p.partition_max_bytes.max(0) as usize,
                     current_leader_epoch: p.current_leader_epoch,
+                    last_fetched_epoch: if version >= 12 {
+                        p.last_fetched_epoch
+                    } else {
+                        -1
+                    },
+                    diverging: None,
                     partition: match &topic {
                         None => Err(missing.into()),
                         Some(tp) => tp.leader_partition(p.partition),
@@ -111,10 +122,20 @@ pub fn handle(
         }
         let deadline = tokio::time::Instant::now() + max_wait;
         if replica >= 0 {
-            for w in topics.iter().flat_map(|t| t.parts.iter()) {
+            for w in topics.iter_mut().flat_map(|t| t.parts.iter_mut()) {
                 let Ok(p) = &w.partition else { continue };
                 if check_epoch(w.current_leader_epoch, p.leader_epoch()).is_err() {
                     continue;
+                }
+                if w.last_fetched_epoch >= 0 {
+                    let (epoch, end) = p.log.end_offset_for_epoch(w.last_fetched_epoch);
+                    if epoch < w.last_fetched_epoch || end < w.offset {
+                        // Its log holds history ours does not: its position proves nothing.
+                        if epoch >= 0 {
+                            w.diverging = Some((epoch, end));
+                        }
+                        continue;
+                    }
                 }
                 if let Some(isr) = p.follower_fetched(replica, w.offset) {
                     tracing::info!(topic = %p.topic, partition = p.index, follower = replica, "follower caught up: expanding ISR");
@@ -180,6 +201,19 @@ fn read_all(
         let mut parts = Vec::with_capacity(t.parts.len());
         for w in &t.parts {
             let mut out = PartitionData::default().with_partition_index(w.index);
+            if let (Some((epoch, end)), Ok(p)) = (w.diverging, &w.partition) {
+                out.diverging_epoch = EpochEndOffset::default()
+                    .with_epoch(epoch)
+                    .with_end_offset(end);
+                parts.push(
+                    out.with_high_watermark(p.log.high_watermark())
+                        .with_last_stable_offset(p.log.high_watermark())
+                        .with_log_start_offset(p.log.log_start_offset())
+                        .with_records(Some(Bytes::new())),
+                );
+                any_error = true;
+                continue;
+            }
             let result = w.partition.as_ref().map_err(Clone::clone).and_then(|p| {
                 check_epoch(w.current_leader_epoch, p.leader_epoch())?;
                 let limit = w.max_bytes.min(max_bytes.saturating_sub(total));

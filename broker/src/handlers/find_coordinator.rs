@@ -17,15 +17,26 @@ use crate::group::store;
 
 const GROUP: i8 = 0;
 
-/// The offsets topic, created with `offsets.topic.*` settings (replication capped at the
-/// number of live brokers) when it does not exist yet.
+/// The offsets topic, created with `offsets.topic.*` settings when it does not exist yet. As
+/// in Kafka, never with fewer replicas than `offsets.topic.replication.factor`: until that many
+/// brokers are alive, groups get COORDINATOR_NOT_AVAILABLE (a silently smaller replica set
+/// would stay that small forever).
 pub async fn offsets_topic(broker: &Arc<Broker>) -> Result<Arc<Topic>, ApiError> {
     if let Ok(t) = broker.offsets_topic() {
         return Ok(t);
     }
     let image = broker.quorum.image();
-    let live = image.live_brokers().count().max(1);
-    let rf = (broker.config.cluster.offsets_replication_factor as usize).min(live) as i16;
+    let live = image.live_brokers().count();
+    let rf = broker.config.cluster.offsets_replication_factor;
+    if live < rf as usize {
+        return Err(ApiError::new(
+            ResponseError::CoordinatorNotAvailable,
+            format!(
+                "{live} live brokers do not meet offsets.topic.replication.factor={rf} for {}",
+                store::TOPIC
+            ),
+        ));
+    }
     let mut configs = BTreeMap::new();
     configs.insert("cleanup.policy".to_owned(), "compact".to_owned());
     configs.insert(

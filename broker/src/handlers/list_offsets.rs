@@ -39,15 +39,27 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                         let epoch = part.leader_epoch();
                         check_epoch(p.current_leader_epoch, epoch)?;
                         let log = &part.log;
+                        let hw = log.high_watermark();
+                        // A new leader's high watermark can lag the one its predecessor
+                        // reported until the followers fetch again (KAFKA-2334): answer
+                        // retriably rather than let a client see it go backwards.
+                        if !replica && log.latest_epoch().is_some_and(|(_, start)| hw < start) {
+                            return Err(ApiError::new(
+                                ResponseError::OffsetNotAvailable,
+                                "the new leader's high watermark has not caught up yet",
+                            ));
+                        }
+                        // Clients never learn of records above the high watermark.
+                        let visible = |found: Option<(i64, i64)>| match found {
+                            Some((offset, ts)) if replica || offset < hw => (offset, ts, epoch),
+                            _ => (-1, -1, -1),
+                        };
                         Ok(match p.timestamp {
                             // Followers may ask for the log end; clients see the high watermark.
                             LATEST if replica => (log.log_end_offset(), -1, epoch),
-                            LATEST => (log.high_watermark(), -1, epoch),
+                            LATEST => (hw, -1, epoch),
                             EARLIEST | EARLIEST_LOCAL => (log.log_start_offset(), -1, epoch),
-                            MAX_TIMESTAMP => match log.max_timestamp_offset()? {
-                                Some((offset, ts)) => (offset, ts, epoch),
-                                None => (-1, -1, -1),
-                            },
+                            MAX_TIMESTAMP => visible(log.max_timestamp_offset()?),
                             LATEST_TIERED => (-1, -1, -1),
                             ts if ts < 0 => {
                                 return Err(ApiError::new(
@@ -55,10 +67,7 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                                     format!("unknown special timestamp {ts}"),
                                 ))
                             }
-                            ts => match log.offset_for_timestamp(ts)? {
-                                Some((offset, ts)) => (offset, ts, epoch),
-                                None => (-1, -1, -1),
-                            },
+                            ts => visible(log.offset_for_timestamp(ts)?),
                         })
                     })();
                     match found {

@@ -135,13 +135,13 @@ pub fn handle(
                         .leader_partition(index)?;
                     let data = prepare(p.records, &partition.log)?;
                     let bytes = data.len() as u64;
-                    let state = partition.leader_state()?;
                     let min_isr = partition.log.config().min_insync_replicas.max(1) as usize;
-                    if acks == -1 && partition.in_sync_now(max_lag) < min_isr {
-                        return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("fewer in-sync replicas than min.insync.replicas={min_isr} (ISR {:?})", state.isr)));
-                    }
-                    let result = partition.log.append(data, state.leader_epoch)?;
-                    partition.advance_high_watermark();
+                    let result = partition.append_as_leader(data, |state| {
+                        if acks == -1 && partition.in_sync_now(state, max_lag) < min_isr {
+                            return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("fewer in-sync replicas than min.insync.replicas={min_isr} (ISR {:?})", state.isr)));
+                        }
+                        Ok(())
+                    })?;
                     if !result.duplicate {
                         let records = (result.last_offset - result.base_offset + 1).max(0) as u64;
                         observe::produced(&partition.topic, records, bytes);
