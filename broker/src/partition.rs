@@ -75,6 +75,7 @@ impl Partition {
                 partition_epoch: -1,
                 adding: Vec::new(),
                 removing: Vec::new(),
+                emptied: Vec::new(),
             }),
             progress: Mutex::new(HashMap::new()),
             joining: Mutex::new(Vec::new()),

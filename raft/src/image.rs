@@ -50,6 +50,10 @@ pub struct PartitionState {
     pub adding: Vec<BrokerId>,
     #[serde(default)]
     pub removing: Vec<BrokerId>,
+    /// Replicas that left an otherwise empty ISR because they came back with an empty data
+    /// directory: an unclean election picks them only if no other replica is alive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emptied: Vec<BrokerId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +211,7 @@ impl PartitionState {
             partition_epoch: 0,
             adding: Vec::new(),
             removing: Vec::new(),
+            emptied: Vec::new(),
         }
     }
 
@@ -441,8 +446,15 @@ impl MetadataImage {
                     if p.leader >= 0 || p.isr.iter().any(live) {
                         continue;
                     }
-                    if let Some(next) = p.replicas.iter().copied().find(live) {
+                    let with_data = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|b| live(b) && !p.emptied.contains(b));
+                    if let Some(next) = with_data.or_else(|| p.replicas.iter().copied().find(live))
+                    {
                         p.isr = vec![next];
+                        p.emptied.clear();
                         p.set_leader(next);
                         p.partition_epoch += 1;
                         elected = true;
@@ -597,6 +609,9 @@ impl MetadataImage {
                 return;
             }
             p.isr.retain(|b| *b != id);
+            if p.isr.is_empty() {
+                p.emptied.push(id);
+            }
             if p.leader == id || p.leader < 0 {
                 let next = p
                     .replicas
@@ -948,7 +963,12 @@ mod tests {
         };
         assert_eq!(img.apply(17, &unclean), Outcome::Done);
         let p = part(&img, 0);
-        assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
+        assert_eq!(
+            (p.leader, p.isr.clone()),
+            (2, vec![2]),
+            "a replica that kept its data, not the emptied preferred one"
+        );
+        assert!(p.emptied.is_empty());
         // A restart on the same disk keeps the last-replica-standing rule (KIP-966's case).
         let mut img = image_with(&[1, 2, 3]);
         img.apply(11, &Command::FenceBroker { id: 2, epoch: None });
