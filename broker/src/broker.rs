@@ -52,6 +52,8 @@ pub struct Broker {
     pub(crate) coordinating: RwLock<HashSet<i32>>,
     /// Set when the node must stop: its log directory or metadata store failed.
     fatal: watch::Sender<Option<String>>,
+    /// One writer of group membership at a time, so the log keeps the order of the changes.
+    group_writer: tokio::sync::Mutex<()>,
 }
 
 impl Broker {
@@ -106,6 +108,7 @@ impl Broker {
             serving: AtomicBool::new(false),
             coordinating: RwLock::new(HashSet::new()),
             fatal: watch::Sender::new(None),
+            group_writer: tokio::sync::Mutex::new(()),
         });
         broker.start_cluster_tasks();
         Ok(broker)
@@ -159,6 +162,18 @@ impl Broker {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let _abort_flusher = AbortOnDrop(flusher);
+        // Group writes wait for replication; on their own task they never hold up the ISR
+        // shrink that such a wait may depend on.
+        let writer = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = tokio::time::timeout(group::TICK, this.groups.wake.notified()).await;
+                    this.persist_groups().await;
+                }
+            })
+        };
+        let _abort_writer = AbortOnDrop(writer);
         loop {
             tokio::select! {
                 _ = retention_tick.tick() => {
@@ -178,11 +193,7 @@ impl Broker {
                     self.shrink_lagging_isrs();
                     self.check_fatal();
                 }
-                _ = group_tick.tick() => {
-                    self.groups.tick();
-                    self.persist_groups().await;
-                }
-                _ = self.groups.wake.notified() => self.persist_groups().await,
+                _ = group_tick.tick() => self.groups.tick(),
             }
         }
     }
@@ -298,6 +309,7 @@ impl Broker {
     /// Writes membership changes to the offsets topic in the order they happened, and tells
     /// the coordinator when an assignment that SyncGroup answers wait for is durable.
     pub async fn persist_groups(&self) {
+        let _one_writer = self.group_writer.lock().await;
         for w in self.groups.take_dirty() {
             let result = group::store::write_group(self, &w.group, w.snapshot.as_ref()).await;
             if let Err(e) = &result {

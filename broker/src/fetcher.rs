@@ -272,14 +272,17 @@ async fn truncate_diverged(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std
                     local_end
                 })
             };
-            if end < p.log.log_end_offset() {
-                tracing::info!(
-                    log = p.log.name(),
-                    from = p.log.log_end_offset(),
-                    to = end,
-                    leader_epoch = r.leader_epoch,
-                    "truncating divergent history"
-                );
+            if end <= p.log.log_end_offset() {
+                if end < p.log.log_end_offset() {
+                    tracing::info!(
+                        log = p.log.name(),
+                        from = p.log.log_end_offset(),
+                        to = end,
+                        leader_epoch = r.leader_epoch,
+                        "truncating divergent history"
+                    );
+                }
+                // Also at the log end: epochs begun there that the leader lacks must go.
                 if let Err(e) = p.log.truncate_to(end) {
                     tracing::error!(log = p.log.name(), error = %e, "truncation failed");
                     continue;

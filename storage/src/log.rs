@@ -480,6 +480,12 @@ impl Log {
         let cfg = self.config();
         let mut inner = self.inner.lock();
         if offset >= inner.next_offset {
+            // No record goes, but epochs begun at or after the cut (e.g. a leadership this
+            // replica held without appending anything) are history the leader does not have:
+            // left in place, the next fetch would report them as the last fetched epoch again.
+            if inner.epochs.truncate_from(offset) {
+                inner.epochs.write(&self.dir)?;
+            }
             return Ok(inner.next_offset);
         }
         let offset = offset.max(inner.log_start_offset);

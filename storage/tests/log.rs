@@ -293,8 +293,15 @@ fn follower_append_truncate_and_epochs() {
     assert_eq!(follower.latest_epoch(), Some((1, 0)));
     let kept = follower.read(0, 10_000, true, i64::MAX).expect("read");
     assert!(offsets_in(&kept.data).iter().all(|o| *o < 6));
+    // An epoch begun at the log end without a record (a leadership that appended nothing)
+    // goes when the leader says our history ends there: truncating at the end drops it.
+    follower.begin_epoch(3).expect("begin epoch");
+    assert_eq!(follower.latest_epoch(), Some((3, 6)));
+    assert_eq!(follower.truncate_to(6).expect("truncate"), 6);
+    assert_eq!(follower.latest_epoch(), Some((1, 0)));
     drop(follower);
     let reopened = open(follower_dir.path(), cfg, false);
     assert_eq!(reopened.log_end_offset(), 6);
     assert_eq!(reopened.end_offset_for_epoch(2), (1, 6));
+    assert_eq!(reopened.latest_epoch(), Some((1, 0)));
 }
