@@ -1218,11 +1218,14 @@ pub fn read_all(
             let wanted = committed.get(partition as usize).copied().unwrap_or(0);
             let settle = Instant::now() + Duration::from_secs(30);
             let (low, high) = loop {
-                let (low, high) = consumer
-                    .fetch_watermarks(topic, partition, TIMEOUT)
-                    .expect("watermarks");
-                if high >= wanted || Instant::now() > settle {
-                    break (low, high);
+                // A new leader answers OFFSET_NOT_AVAILABLE until its high watermark caught up.
+                match consumer.fetch_watermarks(topic, partition, TIMEOUT) {
+                    Ok((low, high)) if high >= wanted || Instant::now() > settle => {
+                        break (low, high)
+                    }
+                    Ok(_) => {}
+                    Err(e) if Instant::now() > settle => panic!("watermarks: {e}"),
+                    Err(_) => {}
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };

@@ -1144,8 +1144,8 @@ fn check_elect_leaders(w: &mut World, v: i16) {
         let r = &resp.replica_election_results[0].partition_result[0];
         assert_eq!(
             r.error_code,
-            ResponseError::EligibleLeadersNotAvailable.code(),
-            "unclean election is refused"
+            ResponseError::ElectionNotNeeded.code(),
+            "a partition with a leader needs no unclean election"
         );
     }
 }
