@@ -456,9 +456,15 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, Str
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let (_, high) = c
-        .fetch_watermarks(topic, partition, TIMEOUT)
-        .expect("watermarks");
+    // A new leader answers OFFSET_NOT_AVAILABLE until its high watermark caught up.
+    let deadline = Instant::now() + TIMEOUT;
+    let high = loop {
+        match c.fetch_watermarks(topic, partition, TIMEOUT) {
+            Ok((_, high)) => break high,
+            Err(e) if Instant::now() > deadline => panic!("watermarks: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .expect("partition");
