@@ -14,6 +14,7 @@ use strom_broker::Broker;
 
 mod cli;
 mod dev_cluster;
+mod verify;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,28 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         cmd: cli::ClusterCmd,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Check any Kafka-compatible cluster for lost, duplicated, reordered or vanished writes:
+    /// run a short workload, read it back, print the anomaly table.
+    ///
+    /// Three producers (idempotent acks=all, acks=all, acks=1; one record per batch, one
+    /// request at a time, partitions round robin) write unique values to a new topic for
+    /// --seconds; one reader per partition fetches them back from the leader while a sampler
+    /// records every partition's log start and high watermark each 500 ms; at the end each
+    /// partition is read once more from its log start to its high watermark, and the history
+    /// (JSON lines, kept in --history) goes through the same checker as the fault suite.
+    ///
+    /// It injects no faults, runs no consumer group and compares no replica files on disk:
+    /// the fault suite (tests/jepsen/) does those. `--check FILE` re-checks any history.
+    ///
+    /// Exit status: 0 no anomaly, 1 anomalies found, 2 the run itself failed (cannot
+    /// connect, cannot create the topic, nothing acknowledged, a partition without its final
+    /// read and no anomaly but `unseen`, an unreadable or malformed history).
+    Verify {
+        #[command(flatten)]
+        args: verify::VerifyArgs,
         #[command(flatten)]
         common: cli::Common,
     },
@@ -305,6 +328,7 @@ async fn main() -> ExitCode {
         Some(Command::Produce { args, common }) => cli::produce(args, common).await,
         Some(Command::Consume { args, common }) => cli::consume(args, common).await,
         Some(Command::Cluster { cmd, common }) => cli::cluster(cmd, common).await,
+        Some(Command::Verify { args, common }) => verify::run(args, common).await,
         None => serve(cli.serve).await,
     }
 }

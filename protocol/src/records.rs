@@ -80,11 +80,40 @@ pub fn decode(batch: &[u8], limit: usize) -> Result<Vec<Record>, RecordsError> {
 /// A record as (key, value), either of which may be null.
 pub type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
+/// An idempotent producer's fields in a batch header: its id, its epoch and the sequence
+/// number of the batch's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
 /// Builds one batch of v2 records with offsets from 0 and the given codec; for tests, benches
 /// and tools that produce.
 pub fn build_batch(
     codec: Codec,
     timestamp: i64,
+    records: &[KeyValue<'_>],
+) -> Result<Vec<u8>, RecordsError> {
+    encode(codec, timestamp, None, records)
+}
+
+/// Like [`build_batch`], for an idempotent producer: the header carries its id, epoch and
+/// base sequence, so the broker can deduplicate a retry of the very same batch.
+pub fn build_idempotent_batch(
+    codec: Codec,
+    timestamp: i64,
+    producer: ProducerFields,
+    records: &[KeyValue<'_>],
+) -> Result<Vec<u8>, RecordsError> {
+    encode(codec, timestamp, Some(producer), records)
+}
+
+fn encode(
+    codec: Codec,
+    timestamp: i64,
+    producer: Option<ProducerFields>,
     records: &[KeyValue<'_>],
 ) -> Result<Vec<u8>, RecordsError> {
     let records: Vec<Record> = records
@@ -95,13 +124,16 @@ pub fn build_batch(
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.map_or(-1, |p| p.id),
+            producer_epoch: producer.map_or(-1, |p| p.epoch),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder keeps a batch together while offset - sequence stays constant, and
             // takes the first record's sequence as the base: -1 means "not idempotent".
-            sequence: i as i32 - 1,
+            sequence: match producer {
+                Some(p) => p.base_sequence.wrapping_add(i as i32),
+                None => i as i32 - 1,
+            },
             timestamp: timestamp + i as i64,
             key: k.map(Bytes::copy_from_slice),
             value: v.map(Bytes::copy_from_slice),
@@ -157,5 +189,24 @@ mod tests {
             assert_eq!(decoded[2].value, None);
             assert_eq!(decoded[2].timestamp, 502);
         }
+    }
+
+    #[test]
+    fn idempotent_batches_carry_the_producer_in_their_header() {
+        let producer = ProducerFields {
+            id: 4_000,
+            epoch: 3,
+            base_sequence: 17,
+        };
+        let recs: Vec<KeyValue<'_>> = vec![(None, Some(b"a")), (None, Some(b"b"))];
+        let out = build_idempotent_batch(Codec::None, 9, producer, &recs).expect("build");
+        let h = batch::validate(&out).expect("valid batch");
+        assert_eq!(h.producer_id, 4_000);
+        assert_eq!(h.producer_epoch, 3);
+        assert_eq!(h.base_sequence, 17);
+        assert_eq!(h.records_count, 2);
+        let plain = batch::validate(&build_batch(Codec::None, 9, &recs).expect("build"))
+            .expect("valid batch");
+        assert_eq!((plain.producer_id, plain.base_sequence), (-1, -1));
     }
 }

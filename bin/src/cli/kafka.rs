@@ -40,6 +40,7 @@ fn preferred(api: ApiKey) -> i16 {
         ApiKey::Produce => 9,
         ApiKey::Fetch => 12,
         ApiKey::DescribeCluster => 0,
+        ApiKey::InitProducerId => 4,
         _ => 0,
     }
 }
@@ -174,20 +175,35 @@ pub struct Client {
     conns: HashMap<String, Conn>,
     /// The bootstrap broker's supported (min, max) version per API key.
     versions: HashMap<i16, (i16, i16)>,
+    /// How long one request may take before its connection is dropped.
+    timeout: Duration,
     pub metadata: Option<Metadata>,
 }
 
 impl Client {
+    /// Connects to the first of the comma-separated `bootstrap` brokers that answers
+    /// ApiVersions.
     pub async fn connect(bootstrap: &str) -> Result<Self> {
-        let first = bootstrap
+        let mut last_error = anyhow!("--bootstrap-server is empty");
+        for addr in bootstrap
             .split(',')
             .map(str::trim)
-            .find(|s| !s.is_empty())
-            .ok_or_else(|| anyhow!("--bootstrap-server is empty"))?;
+            .filter(|s| !s.is_empty())
+        {
+            match Self::connect_one(addr).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn connect_one(first: &str) -> Result<Self> {
         let mut client = Self {
             bootstrap: first.to_owned(),
             conns: HashMap::new(),
             versions: HashMap::new(),
+            timeout: TIMEOUT,
             metadata: None,
         };
         let req = ApiVersionsRequest::default()
@@ -213,6 +229,11 @@ impl Client {
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
         Ok(client)
+    }
+
+    /// Changes the per-request timeout (30 s unless set).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     async fn conn(&mut self, addr: &str) -> Result<&mut Conn> {
@@ -254,15 +275,42 @@ impl Client {
     {
         let version = self.version::<R>()?;
         let addr = addr.unwrap_or(&self.bootstrap).to_owned();
-        let result = self.conn(&addr).await?.call(version, req, TIMEOUT).await;
-        if result.is_err() {
-            // A broken connection is not reused.
-            self.conns.remove(&addr);
-        }
+        let timeout = self.timeout;
         let api = ApiKey::try_from(R::KEY)
             .map(|a| format!("{a:?}"))
             .unwrap_or_default();
-        result.with_context(|| format!("{api} request to {addr} failed"))
+        let result = match self.conn(&addr).await {
+            Ok(conn) => conn
+                .call(version, req, timeout)
+                .await
+                .with_context(|| format!("{api} request to {addr} failed")),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // A broken connection is not reused, and requests for "any broker" go to another
+            // broker the metadata names from now on.
+            self.conns.remove(&addr);
+            if addr == self.bootstrap {
+                self.move_bootstrap();
+            }
+        }
+        result
+    }
+
+    /// Makes the next broker of the metadata (after the current one) the bootstrap broker.
+    fn move_bootstrap(&mut self) {
+        let known = self.broker_addrs();
+        let next = known
+            .iter()
+            .skip_while(|a| **a != self.bootstrap)
+            .skip(1)
+            .chain(known.iter())
+            .find(|a| **a != self.bootstrap)
+            .cloned();
+        if let Some(next) = next {
+            tracing::debug!(from = %self.bootstrap, to = %next, "bootstrap broker unreachable; using another");
+            self.bootstrap = next;
+        }
     }
 
     pub async fn send<R>(&mut self, req: &R) -> Result<R::Response>
@@ -286,7 +334,24 @@ impl Client {
                     .collect()
             }))
             .with_allow_auto_topic_creation(false);
-        let resp = self.send(&req).await?;
+        let asked = self.bootstrap.clone();
+        let resp = match self.send(&req).await {
+            Ok(r) => r,
+            // The bootstrap broker is down: ask the others the last metadata named.
+            Err(e) => {
+                let mut answer = None;
+                for addr in self.broker_addrs() {
+                    if addr == asked {
+                        continue;
+                    }
+                    if let Ok(r) = self.send_to(Some(&addr), &req).await {
+                        answer = Some(r);
+                        break;
+                    }
+                }
+                answer.ok_or(e)?
+            }
+        };
         Ok(self.metadata.insert(Metadata::from_response(resp)))
     }
 

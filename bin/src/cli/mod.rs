@@ -11,8 +11,8 @@ use serde::Serialize;
 mod cluster;
 mod groups;
 mod io;
-mod kafka;
-mod topics;
+pub(crate) mod kafka;
+pub(crate) mod topics;
 
 #[derive(Args, Clone)]
 pub struct Common {

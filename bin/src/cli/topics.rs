@@ -257,7 +257,7 @@ async fn topic_configs(
     Ok(out)
 }
 
-async fn create(
+pub(crate) async fn create(
     client: &mut Client,
     topic: &str,
     partitions: i32,
@@ -295,16 +295,7 @@ async fn delete(
     topics: &[String],
     if_exists: bool,
 ) -> Result<()> {
-    let version = client.version::<DeleteTopicsRequest>()?;
-    let mut req = DeleteTopicsRequest::default().with_timeout_ms(TIMEOUT_MS);
-    if version >= 6 {
-        req.topics = topics
-            .iter()
-            .map(|t| DeleteTopicState::default().with_name(Some(name(t))))
-            .collect();
-    } else {
-        req.topic_names = topics.iter().map(|t| name(t)).collect();
-    }
+    let req = delete_request(client, topics)?;
     let resp = client.send(&req).await?;
     let mut failed = Vec::new();
     for r in resp.responses {
@@ -322,6 +313,21 @@ async fn delete(
         bail!("cannot delete {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// A DeleteTopics request for `topics`, by name in the form the broker's version expects.
+pub(crate) fn delete_request(client: &Client, topics: &[String]) -> Result<DeleteTopicsRequest> {
+    let version = client.version::<DeleteTopicsRequest>()?;
+    let mut req = DeleteTopicsRequest::default().with_timeout_ms(TIMEOUT_MS);
+    if version >= 6 {
+        req.topics = topics
+            .iter()
+            .map(|t| DeleteTopicState::default().with_name(Some(name(t))))
+            .collect();
+    } else {
+        req.topic_names = topics.iter().map(|t| name(t)).collect();
+    }
+    Ok(req)
 }
 
 async fn add_partitions(client: &mut Client, topic: &str, count: i32) -> Result<()> {
