@@ -54,6 +54,15 @@ fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> std::io::Result<Option<
     }
 }
 
+/// The committed id is only a hint (written without an fsync, see `save_committed`): after a
+/// power loss the file can be empty or torn, and then Raft learns the commit from the leader.
+fn read_committed_hint(path: &Path) -> Option<LogId<NodeId>> {
+    read_json(path).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring an unreadable committed-index hint");
+        None
+    })
+}
+
 fn frame(entry: &Entry<TypeConfig>, out: &mut Vec<u8>) -> std::io::Result<()> {
     let body = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -164,7 +173,7 @@ impl LogStore {
             inner: Arc::new(Mutex::new(inner)),
             writer,
             vote: read_json(&dir.join(VOTE_FILE))?,
-            committed: read_json(&dir.join(COMMITTED_FILE))?,
+            committed: read_committed_hint(&dir.join(COMMITTED_FILE)),
         })
     }
 

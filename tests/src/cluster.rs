@@ -132,6 +132,17 @@ impl Cluster {
     /// Starts three nodes and waits (up to 60 s) until each accepts client connections, i.e.
     /// has joined the cluster.
     pub fn start() -> Self {
+        Self::start_in(|root, n| root.join(format!("node-{n}")))
+    }
+
+    /// Like [`Cluster::start`], but node `n` keeps its data in `dirs[n - 1]` (an existing
+    /// directory, e.g. a mount point) instead of a fresh directory under the harness's own.
+    pub fn start_with_dirs(dirs: &[PathBuf]) -> Self {
+        assert_eq!(dirs.len(), NODES, "one data directory per node");
+        Self::start_in(|_, n| dirs[n - 1].clone())
+    }
+
+    fn start_in(dir_of: impl Fn(&Path, usize) -> PathBuf) -> Self {
         let exclusive = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -151,7 +162,7 @@ impl Cluster {
                     port,
                     controller_port,
                     admin_port,
-                    dir: root.path().join(format!("node-{n}")),
+                    dir: dir_of(root.path(), n),
                     log: root.path().join(format!("node-{n}.log")),
                     child: None,
                     paused: false,
