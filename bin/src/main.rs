@@ -241,6 +241,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
     tokio::select! {
         _ = broker.wait_ready() => {}
+        reason = broker.fatal() => halt(&reason),
         _ = shutdown_signal() => {
             tracing::info!("stopped before joining the cluster");
             background.abort();
@@ -288,9 +289,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         })
         .await;
     if let Some(reason) = failed.get() {
-        // Like Kafka's halt: nothing more is written; the next start recovers from disk.
-        eprintln!("strom: stopped: {reason}");
-        return ExitCode::from(1);
+        halt(reason);
     }
     // Membership changes of the last moments, so that groups resume after the restart (the
     // flusher in the background task must still run for these writes).
@@ -313,6 +312,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Like Kafka's halt after a failed disk: nothing more is written, no task is waited for (a
+/// blocking call stuck on the failed disk would hold up an orderly runtime shutdown), and the
+/// next start recovers from what is on disk.
+fn halt(reason: &str) -> ! {
+    tracing::error!(%reason, "halting");
+    eprintln!("strom: stopped: {reason}");
+    std::process::exit(1)
 }
 
 #[tokio::main]

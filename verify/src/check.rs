@@ -1205,13 +1205,19 @@ fn replicas(ix: &Index<'_>, r: &mut Report) {
             ..
         } = e
         {
+            // A leader's epoch that begins at its log end (elected, nothing appended yet) is
+            // not on its followers and is no difference in data.
+            let kept = epochs
+                .iter()
+                .take_while(|(_, start)| start < log_end)
+                .count();
             let view = ReplicaView {
                 ev,
                 node: *node,
                 log_end: *log_end,
                 digest,
                 digest_from: *digest_from,
-                epochs,
+                epochs: &epochs[..kept],
                 records,
             };
             by_tp.push((topic, *partition), view);
@@ -2221,6 +2227,36 @@ mod tests {
     #[test]
     fn identical_replicas_are_legal() {
         clean(&replicated([2; 3], ["d"; 3], ["a-1"; 3]));
+    }
+
+    fn with_epochs(mut h: Vec<Event>, node: i32, new: &[(i32, i64)]) -> Vec<Event> {
+        for e in &mut h {
+            if let Event::Replica {
+                node: n, epochs, ..
+            } = e
+            {
+                if *n == node {
+                    *epochs = new.to_vec();
+                }
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn an_epoch_begun_at_the_leaders_log_end_is_legal() {
+        let h = replicated([2; 3], ["d"; 3], ["a-1"; 3]);
+        clean(&with_epochs(h, 1, &[(1, 0), (2, 2)]));
+    }
+
+    #[test]
+    fn replica_divergence_in_leader_epochs() {
+        let h = replicated([2; 3], ["d"; 3], ["a-1"; 3]);
+        only(
+            &with_epochs(h, 2, &[(1, 0), (2, 1)]),
+            Anomaly::ReplicaDivergence,
+            1,
+        );
     }
 
     // group-two-owners
