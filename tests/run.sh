@@ -5,7 +5,8 @@
 # client jars),
 # checks formatting and lints, runs every Rust test (unit, storage, black-box with librdkafka),
 # then the stock-client compatibility suite against a real strom binary, the acceptance
-# scenarios, and the offline validation of the Kubernetes manifests (tests/k8s/run.sh).
+# scenarios, the offline validation of the Kubernetes manifests (tests/k8s/run.sh), and a short
+# schedule of the Jepsen-style fault suite (tests/jepsen/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,3 +50,7 @@ bash tests/acceptance/run.sh target/debug/strom
 
 step "kubernetes manifests"
 bash tests/k8s/run.sh target/debug/strom
+
+step "fault suite"
+# A short mixed schedule (every fault kind at least once); the long runs are in the README.
+STROM_BIN="$PWD/target/debug/strom" bash tests/jepsen/run.sh --seconds 180
