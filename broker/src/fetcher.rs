@@ -302,7 +302,8 @@ fn mark_truncated(f: &Fetcher, topic: &str, index: i32, epoch: i32) {
     }
 }
 
-/// One fetch round. Ok(false) when there was nothing to fetch or every partition errored.
+/// One fetch round. Ok(false) when there was nothing to fetch, every partition errored, or an
+/// append failed (the caller backs off).
 async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::Result<bool> {
     let cfg = &b.config.cluster;
     // (partition, epoch, fetch offset): a response is applied only where all three still hold.
@@ -358,6 +359,8 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
         return Ok(false);
     }
     let mut progressed = false;
+    // A failing disk (ENOSPC) fails every round the same way: back off instead of spinning.
+    let mut append_failed = false;
     let mut appended = Vec::new();
     for t in resp.responses {
         for r in t.partitions {
@@ -406,6 +409,7 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
                             Err(e) => {
                                 tracing::warn!(log = p.log.name(), error = %e, "could not append replicated data; re-checking with the leader");
                                 set_truncate(f, p, *epoch);
+                                append_failed = true;
                                 continue;
                             }
                         }
@@ -456,7 +460,7 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
             }
         });
     futures::future::join_all(flushes).await;
-    Ok(progressed)
+    Ok(progressed && !append_failed)
 }
 
 /// Whether this fetcher still follows `p` at `epoch` with no truncation pending (metadata may

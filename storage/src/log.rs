@@ -255,9 +255,19 @@ impl Log {
         let mut inner = self.inner.lock();
         let end = inner.next_offset;
         if inner.epochs.assign(epoch, end) {
-            inner.epochs.write(&self.dir)?;
+            self.persist_epochs(&mut inner)?;
         }
         Ok(())
+    }
+
+    /// Writes the leader-epoch checkpoint after the cache changed. If that fails, the file no
+    /// longer describes the log (and divergence checks would answer from a cache the next
+    /// start does not have), so the log goes offline, as Kafka takes its directory offline.
+    fn persist_epochs(&self, inner: &mut Inner) -> Result<(), StorageError> {
+        inner.epochs.write(&self.dir).inspect_err(|e| {
+            inner.offline = true;
+            tracing::error!(log = %self.name, error = %e, "cannot write the leader-epoch checkpoint: log offline");
+        })
     }
 
     /// OffsetForLeaderEpoch: the largest epoch <= `epoch` this log knows and where it ended.
@@ -363,14 +373,16 @@ impl Log {
             }
         }
         self.write_active(&mut inner, &cfg, &parts, data.len(), &headers, now)?;
+        // The batches are in the file: the log end and producer state move with them before
+        // anything else can fail, or a retry would be written a second time.
         for (h, _) in &headers {
             inner.producers.record(h, now_ms());
         }
-        if inner.epochs.assign(leader_epoch, base_offset) {
-            inner.epochs.write(&self.dir)?;
-        }
         inner.next_offset = next;
         inner.unflushed_messages += messages;
+        if inner.epochs.assign(leader_epoch, base_offset) {
+            self.persist_epochs(&mut inner)?;
+        }
         let flush_required = inner.unflushed_messages >= cfg.flush_messages;
         let result = AppendResult {
             base_offset,
@@ -404,7 +416,13 @@ impl Log {
             .next_back()
             .is_some_and(|s| s.should_roll(len, first_ts, cfg));
         if needs_roll {
-            self.roll(inner, cfg)?;
+            if let Err(e) = self.roll(inner, cfg) {
+                // Half a roll (old indexes sealed, new files partly created) is no state to
+                // keep appending in.
+                inner.offline = true;
+                tracing::error!(log = %self.name, error = %e, "segment roll failed: log offline");
+                return Err(e);
+            }
         }
         let Some(active) = inner.segments.values_mut().next_back() else {
             return Err(StorageError::Offline(self.name.clone()));
@@ -465,10 +483,11 @@ impl Log {
             inner.unflushed_messages += i64::from(h.records_count);
             epochs_changed |= inner.epochs.assign(h.partition_leader_epoch, h.base_offset);
         }
-        if epochs_changed {
-            inner.epochs.write(&self.dir)?;
-        }
+        // As for a leader's append: the log end moves with the bytes written, whatever follows.
         inner.next_offset = next;
+        if epochs_changed {
+            self.persist_epochs(&mut inner)?;
+        }
         drop(inner);
         self.end_tx.send_replace(next);
         Ok(next)
@@ -484,7 +503,7 @@ impl Log {
             // replica held without appending anything) are history the leader does not have:
             // left in place, the next fetch would report them as the last fetched epoch again.
             if inner.epochs.truncate_from(offset) {
-                inner.epochs.write(&self.dir)?;
+                self.persist_epochs(&mut inner)?;
             }
             return Ok(inner.next_offset);
         }
@@ -540,7 +559,7 @@ impl Log {
         inner.dirty_dir = true;
         inner.producers = rebuild_producers(&inner.segments)?;
         if inner.epochs.truncate_from(next) {
-            inner.epochs.write(&self.dir)?;
+            self.persist_epochs(&mut inner)?;
         }
         tracing::info!(log = %self.name, offset = next, "truncated log");
         drop(inner);
@@ -575,7 +594,7 @@ impl Log {
             inner.dirty_dir = true;
             inner.producers = ProducerState::default();
             inner.epochs = EpochCache::default();
-            inner.epochs.write(&self.dir)?;
+            self.persist_epochs(&mut inner)?;
         }
         self.flushed_tx.send_modify(|s| s.flushed = offset);
         self.end_tx.send_replace(offset);

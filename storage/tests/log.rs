@@ -305,3 +305,32 @@ fn follower_append_truncate_and_epochs() {
     assert_eq!(reopened.end_offset_for_epoch(2), (1, 6));
     assert_eq!(reopened.latest_epoch(), Some((1, 0)));
 }
+
+#[test]
+fn a_failed_epoch_checkpoint_write_takes_the_log_offline_after_the_batch_counts() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = open(leader_dir.path(), LogConfig::default(), true);
+    let follower = open(follower_dir.path(), LogConfig::default(), true);
+    leader.append(batch_of(2, 1, "a"), 1).expect("append");
+    leader.append(batch_of(2, 2, "b"), 2).expect("append");
+    let first = leader.read(0, 1 << 20, true, i64::MAX).expect("read");
+    // A directory where the checkpoint's temporary file goes: its next write fails.
+    std::fs::create_dir(follower_dir.path().join("leader-epoch-checkpoint.tmp")).expect("mkdir");
+    assert!(follower.append_replicated(&first.data).is_err());
+    // The batches reached the file, so the log end moved past them (a retried fetch from the
+    // old end would write them twice), and the log takes no more writes.
+    assert_eq!(follower.log_end_offset(), 4);
+    assert!(matches!(
+        follower.append_replicated(&first.data),
+        Err(StorageError::Offline(_))
+    ));
+    // A leader whose new epoch cannot be recorded stops too.
+    std::fs::create_dir(leader_dir.path().join("leader-epoch-checkpoint.tmp")).expect("mkdir");
+    assert!(leader.append(batch_of(1, 3, "c"), 3).is_err());
+    assert_eq!(leader.log_end_offset(), 5);
+    assert!(matches!(
+        leader.append(batch_of(1, 4, "d"), 3),
+        Err(StorageError::Offline(_))
+    ));
+}
