@@ -15,6 +15,9 @@ use crate::catalog::{Partition, Transition};
 use crate::error::ApiError;
 use crate::group;
 
+/// How long a partition waits before proposing another ISR change after one was refused.
+const ALTER_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+
 impl Broker {
     pub(crate) fn start_cluster_tasks(self: &Arc<Self>) {
         tokio::spawn(self.clone().reconcile_loop());
@@ -297,10 +300,22 @@ impl Broker {
 
     /// Proposes a new ISR for a partition this node leads (AlterPartition), one at a time.
     pub(crate) fn alter_isr(self: &Arc<Self>, p: &Arc<Partition>, isr: Vec<i32>) {
+        let st = p.state();
+        // KIP-841: only a registered, unfenced broker may join. The controller refuses the
+        // others anyway, but a fenced follower that keeps fetching would otherwise turn every
+        // fetch into a refused proposal in the metadata log (thousands a second).
+        let image = self.quorum.image();
+        if let Some(b) = isr
+            .iter()
+            .find(|b| !st.isr.contains(b) && image.brokers.get(b).is_none_or(|r| r.fenced))
+        {
+            tracing::debug!(topic = %p.topic, partition = p.index, broker = b, "not adding a fenced broker to the ISR");
+            return;
+        }
+        drop(image);
         if !p.try_begin_alter() {
             return;
         }
-        let st = p.state();
         if isr.len() < st.isr.len() {
             tracing::warn!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?isr, "shrinking ISR: followers fell behind");
         }
@@ -322,10 +337,12 @@ impl Broker {
                     this.wait_reconciled(offset, Duration::from_secs(5)).await;
                 }
                 Ok((_, other)) => {
-                    tracing::debug!(topic = %p.topic, partition = p.index, outcome = ?other, "ISR change refused")
+                    tracing::debug!(topic = %p.topic, partition = p.index, outcome = ?other, "ISR change refused");
+                    p.alter_refused(ALTER_RETRY_BACKOFF).await;
                 }
                 Err(e) => {
-                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change failed")
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "ISR change failed");
+                    p.alter_refused(ALTER_RETRY_BACKOFF).await;
                 }
             }
             p.alter_done();

@@ -368,6 +368,15 @@ impl Partition {
         *self.joining.lock() = isr.to_vec();
     }
 
+    /// Our AlterPartition was refused or failed: members it would have added stop holding the
+    /// high watermark back at once, but the next attempt waits `backoff`, so a refusal that
+    /// persists cannot flood the metadata quorum.
+    pub(crate) async fn alter_refused(&self, backoff: Duration) {
+        self.joining.lock().clear();
+        self.advance_high_watermark();
+        tokio::time::sleep(backoff).await;
+    }
+
     pub(crate) fn alter_done(&self) {
         self.joining.lock().clear();
         self.alter_pending.store(false, Ordering::Release);

@@ -434,7 +434,18 @@ impl Quorum {
                 )));
             }
         }
-        match self.raft.client_write(cmd).await {
+        // Bounded: a write accepted in the moment this node held a stale leadership (e.g. the
+        // term of its own committed vote, restored at start-up, before it saw the newer term)
+        // may never be answered; the caller retries instead of waiting forever (a restarted
+        // broker's registration hung for 72 s that way in the fault suite).
+        let timeout = Duration::from_millis(self.cfg.propose_timeout_ms.max(500));
+        let Ok(written) = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await else {
+            return Err(ProposeError::NoQuorum(format!(
+                "the metadata write was not committed within {} ms",
+                timeout.as_millis()
+            )));
+        };
+        match written {
             Ok(r) => Ok((r.log_id.index, r.data)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(ProposeError::NotLeader)

@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strom_protocol::batch::BatchIter;
+use strom_tests::cluster::text;
 use strom_verify::history::Event;
 
 use crate::recorder::Recorder;
@@ -23,13 +24,6 @@ pub struct FinalRead {
     pub log_start: i64,
     pub high_watermark: i64,
     pub records: usize,
-}
-
-fn text(b: Option<&[u8]>) -> String {
-    b.map_or_else(
-        || "<null>".to_owned(),
-        |b| String::from_utf8_lossy(b).into_owned(),
-    )
 }
 
 /// Reads every partition of `topic` from its log start to its high watermark (each read

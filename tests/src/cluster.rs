@@ -1198,7 +1198,8 @@ impl Deliveries {
 /// (key, value) of one record, `<null>` for a null field.
 pub type Rec = (String, String);
 
-fn text(b: Option<&[u8]>) -> String {
+/// A record field as text, `<null>` for a null one.
+pub fn text(b: Option<&[u8]>) -> String {
     b.map_or_else(
         || "<null>".to_owned(),
         |b| String::from_utf8_lossy(b).into_owned(),
