@@ -204,6 +204,7 @@ impl Broker {
         let mut reconciled = self.reconciled.subscribe();
         let mut registered = self.registered_at.subscribe();
         let mut warned = tokio::time::Instant::now();
+        let mut unfenced_at: Option<u64> = None;
         loop {
             let image = self.quorum.image();
             // Only this process's own registration counts: the image on disk may still show
@@ -218,8 +219,15 @@ impl Broker {
                         && b.epoch == registered_at
                         && b.incarnation == self.catalog.incarnation
                 });
-            if unfenced && *self.reconciled.borrow() >= image.offset {
-                return;
+            // The replicas must reflect the image that unfenced us, not whatever came later:
+            // under a steady stream of metadata the latest image is always a step ahead.
+            if unfenced {
+                let at = *unfenced_at.get_or_insert(image.offset);
+                if *self.reconciled.borrow() >= at {
+                    return;
+                }
+            } else {
+                unfenced_at = None;
             }
             if warned.elapsed() > Duration::from_secs(10) {
                 tracing::info!(leader = ?self.quorum.leader(), "waiting to join the cluster (controller quorum and registration)");
