@@ -326,6 +326,8 @@ impl Broker {
         }
         if isr.len() < st.isr.len() {
             tracing::warn!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?isr, "shrinking ISR: followers fell behind");
+        } else {
+            tracing::info!(topic = %p.topic, partition = p.index, from = ?st.isr, to = ?isr, "follower caught up: expanding ISR");
         }
         p.alter_started(&isr);
         let cmd = Command::AlterPartition {

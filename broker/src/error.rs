@@ -47,6 +47,9 @@ impl From<&StorageError> for ApiError {
             StorageError::Sequence(SequenceError::UnknownProducer { .. }) => {
                 ResponseError::UnknownProducerId
             }
+            StorageError::Sequence(SequenceError::AfterFailedAppend { .. }) => {
+                ResponseError::KafkaStorageError
+            }
             StorageError::Io { .. } | StorageError::Offline(_) | StorageError::Corrupt { .. } => {
                 ResponseError::KafkaStorageError
             }

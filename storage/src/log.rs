@@ -372,7 +372,12 @@ impl Log {
                 }
             }
         }
-        self.write_active(&mut inner, &cfg, &parts, data.len(), &headers, now)?;
+        if let Err(e) = self.write_active(&mut inner, &cfg, &parts, data.len(), &headers, now) {
+            for (h, _) in &headers {
+                inner.producers.failed(h, now);
+            }
+            return Err(e);
+        }
         // The batches are in the file: the log end and producer state move with them before
         // anything else can fail, or a retry would be written a second time.
         for (h, _) in &headers {

@@ -30,6 +30,12 @@ struct Entry {
     /// When this broker last appended one of its batches (its own clock, never the client's
     /// timestamps), for `producer.id.expiration.ms`.
     last_timestamp: i64,
+    /// First sequence of a batch that passed the check but could not be written (a storage
+    /// error undone): the producer retries it, and batches it sent behind it are refused
+    /// with a retriable storage error until then, not OUT_OF_ORDER_SEQUENCE_NUMBER, which
+    /// makes librdkafka bump its epoch and re-send possibly persisted batches of other
+    /// partitions under new sequences (librdkafka#4953). In memory only.
+    failed_seq: Option<i32>,
 }
 
 /// Why a batch from an idempotent producer is refused.
@@ -49,6 +55,12 @@ pub enum SequenceError {
     },
     #[error("producer {producer_id} is unknown here (expired or never seen) and its batch starts at sequence {got}")]
     UnknownProducer { producer_id: i64, got: i32 },
+    #[error("producer {producer_id}: sequence {expected}, due before {got}, failed to be written here; retry it first")]
+    AfterFailedAppend {
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
 }
 
 /// The verdict on an incoming batch.
@@ -121,6 +133,13 @@ impl ProducerState {
             return Ok(Check::Duplicate(*dup));
         }
         let expected = entry.batches.back().map_or(0, |b| next_seq(b.last_seq));
+        if h.base_sequence != expected && entry.failed_seq == Some(expected) {
+            return Err(SequenceError::AfterFailedAppend {
+                producer_id: pid,
+                expected,
+                got: h.base_sequence,
+            });
+        }
         if h.base_sequence != expected {
             return Err(SequenceError::OutOfOrder {
                 producer_id: pid,
@@ -144,11 +163,13 @@ impl ProducerState {
                 epoch: h.producer_epoch,
                 batches: VecDeque::new(),
                 last_timestamp: now_ms,
+                failed_seq: None,
             });
         if h.producer_epoch != entry.epoch {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
+        entry.failed_seq = None;
         if entry.batches.len() == RETAINED_BATCHES {
             entry.batches.pop_front();
         }
@@ -159,6 +180,28 @@ impl ProducerState {
             last_offset: h.last_offset(),
         });
         entry.last_timestamp = entry.last_timestamp.max(now_ms);
+    }
+
+    /// Notes that a batch which passed [`ProducerState::check`] could not be written.
+    pub fn failed(&mut self, h: &BatchHeader, now_ms: i64) {
+        if h.producer_id < 0 || h.base_sequence < 0 {
+            return;
+        }
+        let entry = self
+            .producers
+            .entry(h.producer_id)
+            .or_insert_with(|| Entry {
+                epoch: h.producer_epoch,
+                batches: VecDeque::new(),
+                last_timestamp: now_ms,
+                failed_seq: None,
+            });
+        if entry.epoch != h.producer_epoch {
+            // The first batch of a new epoch (sequence 0) failed: so far nothing of it is here.
+            entry.epoch = h.producer_epoch;
+            entry.batches.clear();
+        }
+        entry.failed_seq = Some(h.base_sequence);
     }
 
     /// Forgets producers idle for longer than `max_idle_ms` (`producer.id.expiration.ms`).
@@ -241,6 +284,7 @@ impl ProducerState {
                     epoch: *epoch as i16,
                     batches,
                     last_timestamp: *last_timestamp,
+                    failed_seq: None,
                 },
             );
         }
@@ -352,6 +396,44 @@ mod tests {
         s.write_snapshot(dir.path(), 15).expect("write");
         assert_eq!(ProducerState::read_snapshot(dir.path(), 15), Some(s));
         assert_eq!(ProducerState::read_snapshot(dir.path(), 16), None);
+    }
+
+    #[test]
+    fn a_gap_left_by_a_failed_write_is_a_storage_error_not_out_of_order() {
+        let mut s = ProducerState::default();
+        s.record(&header(7, 0, 0, 5, 0), 1_000);
+        // Sequence 5 passed the check but its write failed; 6.. was already on its way.
+        s.failed(&header(7, 0, 5, 1, 5), 1_000);
+        assert!(matches!(
+            s.check(&header(7, 0, 6, 1, 5)),
+            Err(SequenceError::AfterFailedAppend {
+                expected: 5,
+                got: 6,
+                ..
+            })
+        ));
+        // The retry of 5 goes in, and from then on a gap is a gap again.
+        assert_eq!(s.check(&header(7, 0, 5, 1, 5)), Ok(Check::Append));
+        s.record(&header(7, 0, 5, 1, 5), 1_000);
+        assert!(matches!(
+            s.check(&header(7, 0, 8, 1, 6)),
+            Err(SequenceError::OutOfOrder {
+                expected: 6,
+                got: 8,
+                ..
+            })
+        ));
+        // The same for a producer whose very first batch failed.
+        s.failed(&header(8, 0, 0, 1, 6), 1_000);
+        assert!(matches!(
+            s.check(&header(8, 0, 1, 1, 6)),
+            Err(SequenceError::AfterFailedAppend {
+                expected: 0,
+                got: 1,
+                ..
+            })
+        ));
+        assert_eq!(s.check(&header(8, 0, 0, 1, 6)), Ok(Check::Append));
     }
 
     #[test]

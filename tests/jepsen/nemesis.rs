@@ -130,6 +130,9 @@ impl Kind {
             Kind::Partition => &["isolate", "majority-minority", "one-way", "quorum-cut"],
             Kind::Clock => &["+120s", "-90s", "+15m", "-10m", "@+2h", "@-1h"],
             Kind::Churn => &["sigterm", "elect-leaders", "reassign"],
+            // fdatasync: a failed flush; write: failed data writes (segment appends use
+            // pwritev, a few paths pwrite64).
+            Kind::Disk => &["fsync", "write"],
             _ => &[""],
         }
     }
@@ -487,10 +490,16 @@ impl Nemesis {
                 };
                 let log_from = c.node(n).log_len();
                 self.disk_marks.insert(n, log_from);
-                c.attach_strace(n, &self.s.logs)?;
-                let detail = "strace: fdatasync fails with EIO".to_owned();
+                let v = self.variant(kind);
+                let failing = if v == "write" {
+                    "pwritev,pwrite64"
+                } else {
+                    "fdatasync"
+                };
+                c.attach_strace(n, &self.s.logs, failing)?;
+                let detail = format!("strace: {failing} fails with EIO");
                 let undo = Undo::Strace { node: n, log_from };
-                self.open(kind, "", tag(n), vec![n], undo, detail)
+                self.open(kind, v, tag(n), vec![n], undo, detail)
             }
             Kind::DiskFull => {
                 let Some(n) = self.rng.pick(&free) else {

@@ -412,8 +412,9 @@ impl Cluster {
         write_atomic(&self.node(n).clock, &format!("{spec}\n"))
     }
 
-    /// Attaches strace to every thread of node `n`, failing its fdatasync calls with EIO.
-    pub fn attach_strace(&mut self, n: usize, logs: &Path) -> Result<()> {
+    /// Attaches strace to every thread of node `n`, failing the system calls `failing` (a
+    /// comma-separated list, e.g. `fdatasync` or `pwritev,pwrite64`) with EIO.
+    pub fn attach_strace(&mut self, n: usize, logs: &Path, failing: &str) -> Result<()> {
         let pid = self
             .node(n)
             .pid()
@@ -423,9 +424,9 @@ impl Cluster {
             .args(["-p", &pid.to_string(), "-f", "-qq", "-o", "/dev/null"])
             .args([
                 "-e",
-                "trace=fdatasync,fsync",
+                &format!("trace=fsync,{failing}"),
                 "-e",
-                "inject=fdatasync:error=EIO",
+                &format!("inject={failing}:error=EIO"),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -138,7 +138,6 @@ pub fn handle(
                     }
                 }
                 if let Some(isr) = p.follower_fetched(replica, w.offset) {
-                    tracing::info!(topic = %p.topic, partition = p.index, follower = replica, "follower caught up: expanding ISR");
                     broker.alter_isr(p, isr);
                 }
             }
