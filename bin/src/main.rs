@@ -275,22 +275,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
         "strom is ready"
     );
     let stopping = broker.clone();
-    let failed = Arc::new(std::sync::OnceLock::new());
-    let fail = failed.clone();
     server
         .run(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
-                reason = stopping.fatal() => { let _ = fail.set(reason); }
+                // No controlled shutdown: a node whose disk or metadata store failed may act
+                // on state that is no longer true (a leadership already moved, a high
+                // watermark gone stale) for as long as it keeps answering.
+                reason = stopping.fatal() => halt(&reason),
             }
             // Leadership moves away while this node still answers, so clients fail over
             // without waiting for a session timeout.
             stopping.controlled_shutdown().await;
         })
         .await;
-    if let Some(reason) = failed.get() {
-        halt(reason);
-    }
     // Membership changes of the last moments, so that groups resume after the restart (the
     // flusher in the background task must still run for these writes).
     broker.persist_groups().await;
