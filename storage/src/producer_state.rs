@@ -150,11 +150,11 @@ impl ProducerState {
         Ok(Check::Append)
     }
 
-    /// Records a batch that is now in the log (its header carries the assigned offsets),
-    /// appended at `now_ms` by this broker's clock.
-    pub fn record(&mut self, h: &BatchHeader, now_ms: i64) {
+    /// The entry of an idempotent batch's producer, created if new and reset when the batch
+    /// starts a newer epoch (whose sequences begin again at 0). `None` for other batches.
+    fn entry_for(&mut self, h: &BatchHeader, now_ms: i64) -> Option<&mut Entry> {
         if h.producer_id < 0 || h.base_sequence < 0 {
-            return;
+            return None;
         }
         let entry = self
             .producers
@@ -169,6 +169,15 @@ impl ProducerState {
             entry.epoch = h.producer_epoch;
             entry.batches.clear();
         }
+        Some(entry)
+    }
+
+    /// Records a batch that is now in the log (its header carries the assigned offsets),
+    /// appended at `now_ms` by this broker's clock.
+    pub fn record(&mut self, h: &BatchHeader, now_ms: i64) {
+        let Some(entry) = self.entry_for(h, now_ms) else {
+            return;
+        };
         entry.failed_seq = None;
         if entry.batches.len() == RETAINED_BATCHES {
             entry.batches.pop_front();
@@ -184,24 +193,9 @@ impl ProducerState {
 
     /// Notes that a batch which passed [`ProducerState::check`] could not be written.
     pub fn failed(&mut self, h: &BatchHeader, now_ms: i64) {
-        if h.producer_id < 0 || h.base_sequence < 0 {
-            return;
+        if let Some(entry) = self.entry_for(h, now_ms) {
+            entry.failed_seq = Some(h.base_sequence);
         }
-        let entry = self
-            .producers
-            .entry(h.producer_id)
-            .or_insert_with(|| Entry {
-                epoch: h.producer_epoch,
-                batches: VecDeque::new(),
-                last_timestamp: now_ms,
-                failed_seq: None,
-            });
-        if entry.epoch != h.producer_epoch {
-            // The first batch of a new epoch (sequence 0) failed: so far nothing of it is here.
-            entry.epoch = h.producer_epoch;
-            entry.batches.clear();
-        }
-        entry.failed_seq = Some(h.base_sequence);
     }
 
     /// Forgets producers idle for longer than `max_idle_ms` (`producer.id.expiration.ms`).
