@@ -47,12 +47,11 @@ impl From<&StorageError> for ApiError {
             StorageError::Sequence(SequenceError::UnknownProducer { .. }) => {
                 ResponseError::UnknownProducerId
             }
-            StorageError::Sequence(SequenceError::AfterFailedAppend { .. }) => {
-                ResponseError::KafkaStorageError
-            }
-            StorageError::Io { .. } | StorageError::Offline(_) | StorageError::Corrupt { .. } => {
-                ResponseError::KafkaStorageError
-            }
+            // A gap left by our own failed write is a storage error for the client too.
+            StorageError::Sequence(SequenceError::AfterFailedAppend { .. })
+            | StorageError::Io { .. }
+            | StorageError::Offline(_)
+            | StorageError::Corrupt { .. } => ResponseError::KafkaStorageError,
         };
         Self::new(code, e.to_string())
     }
