@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use parking_lot::RwLock;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::config::{self, BrokerConfig};
 use crate::error::ApiError;
+use crate::lease::LeaderLease;
 pub use crate::partition::{Partition, Transition};
 
 /// Marker written at clean shutdown; its absence at start means logs need recovery.
@@ -94,6 +96,8 @@ pub struct Catalog {
     cluster_id: RwLock<String>,
     /// Identifies this data directory: a wiped disk behind the same node id is a new incarnation.
     pub incarnation: Uuid,
+    /// Whether the controller still counts this broker as alive: its partitions lead only then.
+    pub lease: Arc<LeaderLease>,
 }
 
 /// Checks a topic name the way Kafka does.
@@ -169,6 +173,8 @@ impl Catalog {
         if !clean {
             tracing::info!(dir = %root.display(), "no clean-shutdown marker: recovering logs");
         }
+        let session = Duration::from_millis(broker.cluster.session_timeout_ms);
+        let lease = Arc::new(LeaderLease::new(session));
         Ok(Self {
             broker,
             flusher,
@@ -178,6 +184,7 @@ impl Catalog {
             clean,
             cluster_id: RwLock::new(cluster_id),
             incarnation,
+            lease,
         })
     }
 
@@ -292,7 +299,13 @@ impl Catalog {
                             clean,
                         ) {
                             Ok(log) => {
-                                let p = Arc::new(Partition::new(t.name.clone(), index, log, me));
+                                let p = Arc::new(Partition::new(
+                                    t.name.clone(),
+                                    index,
+                                    log,
+                                    me,
+                                    self.lease.clone(),
+                                ));
                                 topic.local.write().insert(index, p.clone());
                                 p
                             }

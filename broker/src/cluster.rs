@@ -124,6 +124,10 @@ impl Broker {
             .offsets_topic()
             .map_err(|_| ApiError::from(ResponseError::CoordinatorNotAvailable))?;
         let index = group::store::partition_for(group, topic.partition_count());
+        if !self.catalog.lease.valid() {
+            // Cut off from the controller: another node may coordinate this group by now.
+            return Err(ResponseError::NotCoordinator.into());
+        }
         if self.coordinating.read().contains(&index) {
             return Ok(());
         }
@@ -176,9 +180,18 @@ impl Broker {
                 applied: *self.reconciled.borrow(),
                 shutting_down: self.shutting_down.load(Ordering::Acquire),
             };
+            let sent = std::time::Instant::now();
             match self.quorum.heartbeat(hb).await {
-                Ok(r) if !r.registered => registered = false,
+                Ok(r) if !r.registered => {
+                    self.catalog.lease.revoke();
+                    registered = false;
+                }
                 Ok(r) => {
+                    if r.fenced {
+                        self.catalog.lease.revoke();
+                    } else {
+                        self.catalog.lease.grant(sent);
+                    }
                     let was = *self.fenced.borrow();
                     if was != r.fenced {
                         tracing::info!(fenced = r.fenced, "controller changed this broker's state");

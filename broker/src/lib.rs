@@ -14,6 +14,7 @@ pub mod error;
 mod fetcher;
 pub mod group;
 pub mod handlers;
+pub mod lease;
 pub mod observe;
 pub mod partition;
 pub mod producer_ids;

@@ -14,6 +14,7 @@ use strom_storage::Log;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::lease::LeaderLease;
 
 /// A follower as the leader sees it (Kafka's `Replica` state).
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +49,8 @@ pub struct Partition {
     pub index: i32,
     pub log: Arc<Log>,
     node_id: BrokerId,
+    /// This broker's standing with the controller: without it, it leads nothing.
+    lease: Arc<LeaderLease>,
     state: RwLock<PartitionState>,
     progress: Mutex<HashMap<BrokerId, Progress>>,
     /// Followers an AlterPartition of ours is adding to the ISR. Until the controller answers,
@@ -61,12 +64,19 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn new(topic: String, index: i32, log: Arc<Log>, node_id: BrokerId) -> Self {
+    pub fn new(
+        topic: String,
+        index: i32,
+        log: Arc<Log>,
+        node_id: BrokerId,
+        lease: Arc<LeaderLease>,
+    ) -> Self {
         Self {
             topic,
             index,
             log,
             node_id,
+            lease,
             state: RwLock::new(PartitionState {
                 replicas: Vec::new(),
                 isr: Vec::new(),
@@ -103,6 +113,23 @@ impl Partition {
             Ok(st.clone())
         } else {
             Err(self.not_leader(&st))
+        }
+    }
+
+    /// Refuses answers a client takes as current (records up to the high watermark, the
+    /// watermarks themselves) once this broker's lease from the controller has lapsed: another
+    /// replica may lead by now and have moved them on. Writes need no lease: a leader cut off
+    /// from the controller cannot commit them (its followers stopped fetching from it or are
+    /// cut off too, and only the controller can shrink the ISR).
+    pub fn check_lease(&self) -> Result<(), ApiError> {
+        if self.lease.valid() {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ResponseError::NotLeaderOrFollower,
+                "this broker has not reached the active controller within its lease: another \
+                 replica may lead by now",
+            ))
         }
     }
 

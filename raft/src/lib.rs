@@ -462,6 +462,15 @@ impl Quorum {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader);
         }
+        // A leader cut off from the other voters still believes it leads. The answer grants
+        // the broker a lease (it serves reads as leader on it), so confirm with a quorum first:
+        // a newer controller is then elected only after this check, and fences the broker no
+        // sooner than a full session after that, when the lease has long run out.
+        let confirm = Duration::from_millis((self.cfg.session_timeout_ms / 4).clamp(100, 2000));
+        match tokio::time::timeout(confirm, self.raft.get_read_log_id()).await {
+            Ok(Ok(_)) => {}
+            _ => return Err(ProposeError::NotLeader),
+        }
         let image = self.image();
         let Some(reg) = image
             .brokers

@@ -14,7 +14,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use strom_protocol::batch::BatchIter;
 use strom_tests::cluster::text;
-use strom_verify::history::Event;
+use strom_verify::history::{Event, Writer};
 
 use crate::recorder::Recorder;
 
@@ -126,6 +126,7 @@ struct ReplicaFiles {
     digest: String,
     /// (offset, value) of every data record at or above the log start.
     records: Vec<(i64, String)>,
+    writers: Vec<Writer>,
     epochs: Vec<(i32, i64)>,
 }
 
@@ -164,6 +165,7 @@ fn read_replica(dir: &Path, digest_from: i64) -> Result<ReplicaFiles> {
     let segments = segments(dir)?;
     let log_start = log_start(dir)?;
     let mut records = Vec::new();
+    let mut writers = Vec::new();
     let (mut crc, mut digested) = (0u32, 0usize);
     let mut last_offset: Option<i64> = None;
     for (_, path) in &segments {
@@ -171,6 +173,15 @@ fn read_replica(dir: &Path, digest_from: i64) -> Result<ReplicaFiles> {
         let mut it = BatchIter::new(&bytes);
         for (h, range) in &mut it {
             let raw = bytes.get(range.clone()).unwrap_or_default();
+            if !h.is_control() && h.last_offset() >= log_start && h.producer_id >= 0 {
+                writers.push(Writer {
+                    base_offset: h.base_offset,
+                    last_offset: h.last_offset(),
+                    producer_id: h.producer_id,
+                    producer_epoch: h.producer_epoch,
+                    base_sequence: h.base_sequence,
+                });
+            }
             if !h.is_control() {
                 let recs = strom_protocol::records::decode(raw, 64 << 20).map_err(|e| {
                     anyhow::anyhow!("{}: batch at {}: {e}", path.display(), h.base_offset)
@@ -213,6 +224,7 @@ fn read_replica(dir: &Path, digest_from: i64) -> Result<ReplicaFiles> {
         log_end,
         digest: format!("crc32c:{crc:08x}/{digested}B"),
         records,
+        writers,
         epochs,
     })
 }
@@ -258,6 +270,7 @@ pub fn replica_events(
                 digest_from,
                 epochs: f.epochs,
                 records: f.records,
+                writers: f.writers,
             });
         }
     }

@@ -545,6 +545,21 @@ impl Cluster {
         Ok(out)
     }
 
+    /// The leader of `topic`/`partition` in node `n`'s own metadata.
+    pub fn leader_seen_by(&self, n: usize, topic: &str, partition: i32) -> usize {
+        let leader = self
+            .node_metadata(n, topic)
+            .expect("metadata")
+            .into_iter()
+            .find(|p| p.partition == partition)
+            .map_or(-1, |p| p.leader);
+        assert!(
+            leader >= 1,
+            "node {n} knows no leader of {topic}/{partition}"
+        );
+        leader as usize
+    }
+
     /// Waits until every node in `observers` reports a leader for `topic`/`partition` other
     /// than `old`; returns how long that took.
     pub fn wait_leader_moved(

@@ -9,13 +9,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use strom_tests::cluster::{block_on, verify, Cluster, Stream, NODES, TIMEOUT};
+use strom_tests::cluster::{block_on, raw_call, verify, Cluster, Stream, NODES, TIMEOUT};
 
 const TOPIC: &str = "stream";
 const PARTITIONS: i32 = 3;
@@ -97,11 +100,37 @@ fn isolated_node_by_network_partition() {
     stream.wait_acks_since(started, 300, Duration::from_secs(20));
 
     let victim = c.leader(TOPIC, 2);
+    // A topic the victim leads, written only after it moved, to compare high watermarks.
+    let order: Vec<i32> = std::iter::once(victim)
+        .chain(others(victim))
+        .map(|n| n as i32)
+        .collect();
+    c.create_topic_assigned(LEASE_TOPIC, &[&order]);
+    produce_to(&c.bootstrap(), LEASE_TOPIC, 10);
     c.isolate(victim);
     let isolated = Instant::now();
     // The isolated node still serves clients (they connect from 127.0.0.1), but the majority
     // side must elect another leader within the 6 s partition.
     let moved = c.wait_leader_moved(TOPIC, 2, victim, &others(victim), Duration::from_secs(6));
+    // Once the new leader has moved the high watermark on, the cut-off node (whose lease from
+    // the controller lapsed before it was fenced) must not answer with its stale one.
+    c.wait_leader_moved(
+        LEASE_TOPIC,
+        0,
+        victim,
+        &others(victim),
+        Duration::from_secs(2),
+    );
+    let new_leader = c.leader_seen_by(others(victim)[0], LEASE_TOPIC, 0);
+    produce_to(&c.node(new_leader).addr().to_string(), LEASE_TOPIC, 1);
+    let (_, fresh) = latest_offset_at(&c, new_leader, LEASE_TOPIC);
+    let (code, stale) = latest_offset_at(&c, victim, LEASE_TOPIC);
+    assert!(
+        code == NOT_LEADER_OR_FOLLOWER || stale >= fresh,
+        "node {victim}, cut off from the controller, answered ListOffsets for {LEASE_TOPIC}/0 \
+         with error {code} and high watermark {stale} after node {new_leader} had reported \
+         {fresh}"
+    );
     std::thread::sleep(
         (isolated + Duration::from_secs(6)).saturating_duration_since(Instant::now()),
     );
@@ -114,9 +143,29 @@ fn isolated_node_by_network_partition() {
     let summary = verify(&mut c, TOPIC, PARTITIONS, &d);
     println!(
         "isolated_node_by_network_partition: isolated node {victim} for 6 s: {summary}, leader \
-         moved after {moved:?}, failover on partition 2 {failover:?}, took {:?}",
+         moved after {moved:?} (ListOffsets: new leader {fresh}, cut-off node error {code} \
+         offset {stale}), failover on partition 2 {failover:?}, took {:?}",
         started.elapsed()
     );
+}
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+/// A one-partition topic for comparing high watermarks across a leader change.
+const LEASE_TOPIC: &str = "lease";
+
+/// ListOffsets (latest, as a consumer) for partition 0 of `topic` asked of node `n` alone:
+/// the error code and the offset (the high watermark).
+fn latest_offset_at(c: &Cluster, n: usize, topic: &'static str) -> (i16, i64) {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    let resp = raw_call(c.node(n).addr(), 1, &req).expect("ListOffsets");
+    let p = &resp.topics[0].partitions[0];
+    (p.error_code, p.offset)
 }
 
 #[test]

@@ -9,13 +9,13 @@
 //! few million events checks in seconds.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::hash::Hash;
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::history::{Event, Millis, Mode, Phase, ReaderKind, SendOutcome};
+use crate::history::{Event, Millis, Mode, Phase, ReaderKind, SendOutcome, Writer};
 
 /// A partition, the unit every check works in.
 type Tp<'a> = (&'a str, i32);
@@ -366,6 +366,8 @@ struct Index<'a> {
     poll_max: HashMap<Tp<'a>, i64>,
     /// Partition -> offsets known to hold a (non-aborted) record, sorted, for skip queries.
     known: HashMap<Tp<'a>, Vec<i64>>,
+    /// Partition -> the batch producers a replica's files name (the first replica with any).
+    writers: HashMap<Tp<'a>, &'a [Writer]>,
 }
 
 /// Calls `f` for every record an event read: polls, final reads and replicas.
@@ -409,6 +411,7 @@ impl<'a> Index<'a> {
             finals: HashMap::new(),
             poll_max: HashMap::new(),
             known: HashMap::new(),
+            writers: HashMap::new(),
         };
         // Sends first: observing reads needs to know which values were aborted.
         for (ev, e) in events.iter().enumerate() {
@@ -446,6 +449,19 @@ impl<'a> Index<'a> {
                             o.insert(s);
                         }
                     }
+                }
+            }
+        }
+        for e in events {
+            if let Event::Replica {
+                topic,
+                partition,
+                writers,
+                ..
+            } = e
+            {
+                if !writers.is_empty() {
+                    ix.writers.entry((topic, *partition)).or_insert(writers);
                 }
             }
         }
@@ -569,6 +585,16 @@ impl<'a> Index<'a> {
             Some(e) => format!("event {ev} at {}ms", e.t_ms()),
             None => format!("event {ev}"),
         }
+    }
+}
+
+impl Index<'_> {
+    /// "producer P epoch E seq S" for the stored batch holding `loc`, when the files say.
+    fn writer(&self, (tp, o): Loc<'_>) -> Option<(i64, i16, i64)> {
+        let ws = self.writers.get(&tp)?;
+        let i = ws.partition_point(|w| w.last_offset < o);
+        let w = ws.get(i).filter(|w| w.base_offset <= o)?;
+        Some((w.producer_id, w.producer_epoch, w.sequence_at(o)))
     }
 }
 
@@ -785,12 +811,33 @@ fn read_values(ix: &Index<'_>, r: &mut Report) {
                     .locs()
                     .map(|((tp, o), ev)| format!("{} ({})", place(*tp, *o), ix.source(*ev)))
                     .collect();
-                format!(
+                let mut example = format!(
                     "{value} ({}) read at {} offsets: {}",
                     mode_name(s.mode),
                     at.len(),
                     at.join(", ")
-                )
+                );
+                // Where the stored batches say who wrote each copy: one producer epoch means
+                // the broker failed to drop a retry; two mean the client sent it again after
+                // bumping its epoch (which no broker can recognise).
+                let mut writers: Vec<(i64, i16, i64)> =
+                    seen.locs().filter_map(|(loc, _)| ix.writer(*loc)).collect();
+                writers.dedup();
+                if !writers.is_empty() {
+                    let named: Vec<String> = writers
+                        .iter()
+                        .map(|(p, e, q)| format!("producer {p} epoch {e} seq {q}"))
+                        .collect();
+                    let epochs: BTreeSet<(i64, i16)> =
+                        writers.iter().map(|&(p, e, _)| (p, e)).collect();
+                    let verdict = if epochs.len() > 1 {
+                        "re-sent by the client under a new producer epoch"
+                    } else {
+                        "one producer epoch: a retry the broker did not drop"
+                    };
+                    let _ = write!(example, "; stored as {} ({verdict})", named.join(", "));
+                }
+                example
             }),
             Mode::All | Mode::One => r.allow(DUPLICATES_WITHOUT_IDEMPOTENCE),
         }
@@ -1661,6 +1708,7 @@ mod tests {
             digest_from: 0,
             epochs: vec![(1, 0)],
             records: records.iter().map(|&(o, v)| (o, v.into())).collect(),
+            writers: Vec::new(),
         }
     }
 
@@ -1863,6 +1911,38 @@ mod tests {
             fin(10, 0, 0, 2, &[(0, "a-0"), (1, "a-0")]),
         ];
         only(&h, Anomaly::Duplicate, 1);
+    }
+
+    #[test]
+    fn a_duplicate_names_the_producer_epochs_that_stored_it() {
+        let writer = |base_offset, producer_epoch| Writer {
+            base_offset,
+            last_offset: base_offset,
+            producer_id: 7,
+            producer_epoch,
+            base_sequence: 0,
+        };
+        let stored = |epochs: [i16; 2]| {
+            let mut r = replica(10, 1, 0, 2, "d", &[(0, "a-0"), (1, "a-0")]);
+            if let Event::Replica { writers, .. } = &mut r {
+                *writers = vec![writer(0, epochs[0]), writer(1, epochs[1])];
+            }
+            vec![ack(1, "a", 0, Mode::IdempotentAll, 0, 0), r]
+        };
+        let resent = check(&stored([3, 4]));
+        assert_eq!(resent.count(Anomaly::Duplicate), 1);
+        let example = &resent.examples[&Anomaly::Duplicate];
+        assert!(
+            example.contains("producer 7 epoch 3 seq 0, producer 7 epoch 4 seq 0")
+                && example.contains("under a new producer epoch"),
+            "{example}"
+        );
+        let kept = check(&stored([3, 3]));
+        let example = &kept.examples[&Anomaly::Duplicate];
+        assert!(
+            example.contains("a retry the broker did not drop"),
+            "{example}"
+        );
     }
 
     #[test]

@@ -71,6 +71,23 @@ pub struct Read {
     pub value: String,
 }
 
+/// The producer that wrote one stored batch, as its header says (`producer_id` -1: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl Writer {
+    /// The sequence number of the record at `offset` within this batch.
+    pub fn sequence_at(&self, offset: i64) -> i64 {
+        i64::from(self.base_sequence) + (offset - self.base_offset)
+    }
+}
+
 /// One line of a history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -200,6 +217,11 @@ pub enum Event {
         /// The leader-epoch checkpoint: (epoch, start offset).
         epochs: Vec<(i32, i64)>,
         records: Vec<(i64, String)>,
+        /// The producer of every stored data batch with one, in offset order: tells a
+        /// duplicate the broker failed to drop (one producer epoch) from a client's re-send
+        /// under a new epoch.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        writers: Vec<Writer>,
     },
     /// Free-form note from the harness (start, seed, configuration): ignored by the checker.
     Info { t_ms: Millis, message: String },

@@ -215,6 +215,9 @@ fn read_all(
             }
             let result = w.partition.as_ref().map_err(Clone::clone).and_then(|p| {
                 check_epoch(w.current_leader_epoch, p.leader_epoch())?;
+                if !replica {
+                    p.check_lease()?;
+                }
                 let limit = w.max_bytes.min(max_bytes.saturating_sub(total));
                 // Consumers never see data above the high watermark.
                 let upper = if replica {

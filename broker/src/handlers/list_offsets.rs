@@ -36,6 +36,9 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                             .as_ref()
                             .ok_or(ResponseError::UnknownTopicOrPartition)?
                             .leader_partition(p.partition_index)?;
+                        if !replica {
+                            part.check_lease()?;
+                        }
                         let epoch = part.leader_epoch();
                         check_epoch(p.current_leader_epoch, epoch)?;
                         let log = &part.log;
