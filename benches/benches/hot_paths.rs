@@ -19,7 +19,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use strom_benches::sample_batch;
 use strom_protocol::{batch, codec::Codec};
 use strom_storage::index::OffsetIndex;
-use strom_storage::{Flusher, Log, LogConfig};
+use strom_storage::{DirIo, Log, LogConfig};
 
 const BATCH_RECORDS: usize = 64;
 const RECORD: usize = 1024;
@@ -41,7 +41,7 @@ fn append_and_read(c: &mut Criterion) {
         dir.path(),
         "bench-0".into(),
         LogConfig::default(),
-        Flusher::new(),
+        DirIo::start("bench").expect("io threads"),
         true,
     )
     .expect("log");

@@ -296,7 +296,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     background.abort();
     broker.quorum.shutdown().await;
     tracing::info!("flushing and closing logs");
-    match tokio::task::spawn_blocking(move || broker.close()).await {
+    match strom_broker::blocking(move || broker.close()).await {
         Ok(Ok(())) => {
             tracing::info!("clean shutdown");
             ExitCode::SUCCESS

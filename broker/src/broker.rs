@@ -10,7 +10,7 @@ use std::time::Duration;
 use kafka_protocol::error::ResponseError;
 use parking_lot::RwLock;
 use strom_raft::{Quorum, QuorumConfig, QuorumError};
-use strom_storage::{Flusher, StorageError};
+use strom_storage::{DirIo, StorageError};
 use tokio::sync::watch;
 
 use crate::catalog::{Catalog, Topic};
@@ -26,6 +26,31 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("metadata quorum: {0}")]
     Quorum(#[from] QuorumError),
+    #[error("cannot start the control thread: {0}")]
+    Control(std::io::Error),
+}
+
+/// The runtime of the metadata quorum and this broker's heartbeats: one thread of its own, so
+/// client work on the main workers never delays an election or a heartbeat past its timeout.
+/// It lives as long as the process.
+pub fn control_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    static INIT: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _once = INIT.lock();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt.handle().clone());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("strom-control")
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    if let Err(rt) = RUNTIME.set(rt) {
+        // Cannot happen under INIT; a runtime must not be dropped on an async thread.
+        std::mem::forget(rt);
+    }
+    Ok(handle)
 }
 
 pub struct Broker {
@@ -33,7 +58,6 @@ pub struct Broker {
     pub catalog: Catalog,
     pub quorum: Arc<Quorum>,
     pub producer_ids: ProducerIds,
-    pub flusher: Arc<Flusher>,
     pub groups: Arc<Coordinator>,
     pub fetchers: Fetchers,
     /// Commits hold it shared from write to apply; compaction of the offsets topic holds it
@@ -61,15 +85,19 @@ impl Broker {
     /// recovered after a crash) as the metadata assigns them.
     pub async fn start(config: BrokerConfig) -> Result<Arc<Self>, StartError> {
         let config = Arc::new(config);
-        let flusher = Flusher::new();
+        let io = DirIo::start("log").map_err(|e| StorageError::Io {
+            path: config.log_dir.clone(),
+            source: e,
+        })?;
         let catalog = {
-            let (config, flusher) = (config.clone(), flusher.clone());
-            tokio::task::spawn_blocking(move || Catalog::open(config, flusher))
+            let config = config.clone();
+            strom_storage::io::blocking(move || Catalog::open(config, io))
                 .await
                 .map_err(|e| StorageError::Offline(e.to_string()))??
         };
         let c = &config.cluster;
-        let quorum = Quorum::start(QuorumConfig {
+        let control = control_runtime().map_err(StartError::Control)?;
+        let quorum_config = QuorumConfig {
             node_id: config.node_id.max(0) as u64,
             voters: c.voters.clone(),
             dir: config.log_dir.join("strom-raft"),
@@ -89,15 +117,17 @@ impl Broker {
             auto_leader_rebalance: c.auto_leader_rebalance,
             imbalance_check_ms: c.imbalance_check_ms,
             propose_timeout_ms: 10_000,
-        })
-        .await?;
+        };
+        let quorum = control
+            .spawn(Quorum::start(quorum_config))
+            .await
+            .map_err(|e| StartError::Control(std::io::Error::other(e.to_string())))??;
         let groups = Coordinator::new(config.group);
         let broker = Arc::new(Self {
             config,
             catalog,
             quorum,
             producer_ids: ProducerIds::default(),
-            flusher,
             groups,
             fetchers: Fetchers::default(),
             offsets_gate: tokio::sync::RwLock::new(()),
@@ -143,9 +173,8 @@ impl Broker {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Runs the flusher and the periodic tasks until the future is dropped.
+    /// Runs the periodic tasks until the future is dropped.
     pub async fn run_background(self: Arc<Self>) {
-        let flusher = tokio::spawn(self.flusher.clone().run());
         let retention = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
         let checkpoint = Duration::from_millis(self.config.checkpoint_interval_ms.max(1));
         let mut retention_tick = tokio::time::interval(retention);
@@ -161,7 +190,6 @@ impl Broker {
         ] {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        let _abort_flusher = AbortOnDrop(flusher);
         // Group writes wait for replication; on their own task they never hold up the ISR
         // shrink that such a wait may depend on.
         let writer = {
@@ -178,13 +206,13 @@ impl Broker {
             tokio::select! {
                 _ = retention_tick.tick() => {
                     let this = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || this.apply_retention()).await;
+                    let _ = strom_storage::io::blocking(move || this.apply_retention()).await;
                     self.expire_offsets().await;
                     self.compact_offsets().await;
                 }
                 _ = checkpoint_tick.tick() => {
                     let this = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || this.write_checkpoints()).await;
+                    let _ = strom_storage::io::blocking(move || this.write_checkpoints()).await;
                 }
                 _ = flush_tick.tick() => {
                     for log in self.catalog.logs() {
@@ -294,7 +322,7 @@ impl Broker {
                 && p.log.high_watermark() >= end
                 && coordinating()
             {
-                match p.log.delete_records(start) {
+                match p.on_writer(move |p| p.log.delete_records(start)).await {
                     Ok(low) => {
                         tracing::info!(log = p.log.name(), low, "compacted committed offsets")
                     }

@@ -11,13 +11,13 @@ use std::time::Duration;
 use kafka_protocol::error::ResponseError;
 use parking_lot::RwLock;
 use strom_raft::{MetadataImage, TopicImage};
-use strom_storage::{Flusher, Log, StorageError};
+use strom_storage::{DirIo, Log, StorageError};
 use uuid::Uuid;
 
 use crate::config::{self, BrokerConfig};
 use crate::error::ApiError;
 use crate::lease::LeaderLease;
-pub use crate::partition::{Partition, Transition};
+pub use crate::replica::{Partition, Transition};
 
 /// Marker written at clean shutdown; its absence at start means logs need recovery.
 const CLEAN_SHUTDOWN: &str = ".strom-clean-shutdown";
@@ -85,7 +85,8 @@ pub fn is_internal(name: &str) -> bool {
 
 pub struct Catalog {
     broker: Arc<BrokerConfig>,
-    flusher: Arc<Flusher>,
+    /// The log directory's writer and flusher threads.
+    io: Arc<DirIo>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     by_id: RwLock<HashMap<Uuid, Arc<Topic>>>,
     /// Cluster-wide dynamic broker configs, from the metadata.
@@ -134,7 +135,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
 impl Catalog {
     /// Reads the data directory's identity and whether the last run shut down cleanly. Topics
     /// arrive with the first metadata image.
-    pub fn open(broker: Arc<BrokerConfig>, flusher: Arc<Flusher>) -> Result<Self, StorageError> {
+    pub fn open(broker: Arc<BrokerConfig>, dir_io: Arc<DirIo>) -> Result<Self, StorageError> {
         let root = broker.log_dir.clone();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let props_path = root.join("meta.properties");
@@ -177,7 +178,7 @@ impl Catalog {
         let lease = Arc::new(LeaderLease::new(session));
         Ok(Self {
             broker,
-            flusher,
+            io: dir_io,
             topics: RwLock::new(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
             dynamic: RwLock::new(BTreeMap::new()),
@@ -295,7 +296,7 @@ impl Catalog {
                             &dir,
                             format!("{}-{index}", t.name),
                             cfg.clone(),
-                            self.flusher.clone(),
+                            self.io.clone(),
                             clean,
                         ) {
                             Ok(log) => {
@@ -305,6 +306,9 @@ impl Catalog {
                                     log,
                                     me,
                                     self.lease.clone(),
+                                    Duration::from_millis(
+                                        self.broker.cluster.replica_lag_time_max_ms,
+                                    ),
                                 ));
                                 topic.local.write().insert(index, p.clone());
                                 p

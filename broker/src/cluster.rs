@@ -21,7 +21,11 @@ const ALTER_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 impl Broker {
     pub(crate) fn start_cluster_tasks(self: &Arc<Self>) {
         tokio::spawn(self.clone().reconcile_loop());
-        tokio::spawn(self.clone().heartbeat_loop());
+        match crate::broker::control_runtime() {
+            Ok(control) => control.spawn(self.clone().heartbeat_loop()),
+            // Start-up already created it; should it fail here, heartbeats share the workers.
+            Err(_) => tokio::spawn(self.clone().heartbeat_loop()),
+        };
     }
 
     async fn reconcile_loop(self: Arc<Self>) {
@@ -32,7 +36,7 @@ impl Broker {
             let this = self.clone();
             let img = image.clone();
             let changes =
-                match tokio::task::spawn_blocking(move || this.catalog.reconcile(&img)).await {
+                match strom_storage::io::blocking(move || this.catalog.reconcile(&img)).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, "metadata reconcile task failed");
@@ -93,7 +97,7 @@ impl Broker {
     async fn load_groups(&self, p: &Arc<Partition>) {
         let count = self.offsets_topic().map_or(0, |t| t.partition_count());
         let log = p.log.clone();
-        let loaded = tokio::task::spawn_blocking(move || group::store::load_partition(&log))
+        let loaded = strom_storage::io::blocking(move || group::store::load_partition(&log))
             .await
             .unwrap_or_default();
         self.groups
@@ -311,9 +315,8 @@ impl Broker {
     /// ISR shrink (Kafka's `maybeShrinkIsr`): followers that have not caught up within
     /// `replica.lag.time.max.ms` leave the ISR of the partitions this node leads.
     pub(crate) fn shrink_lagging_isrs(self: &Arc<Self>) {
-        let lag = Duration::from_millis(self.config.cluster.replica_lag_time_max_ms);
         for p in self.catalog.partitions() {
-            if let Some(isr) = p.lagging(lag) {
+            if let Some(isr) = p.lagging() {
                 self.alter_isr(&p, isr);
             }
         }

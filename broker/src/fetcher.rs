@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::broker::Broker;
 use crate::client::Conn;
 use crate::handlers::s;
-use crate::partition::Partition;
+use crate::replica::Partition;
 
 const FETCH_VERSION: i16 = 12;
 const EPOCH_VERSION: i16 = 4;
@@ -218,7 +218,7 @@ async fn truncate_diverged(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std
     for (topic, index, epoch, p) in untouched {
         let hw = p.log.high_watermark();
         if p.log.log_end_offset() > hw {
-            if let Err(e) = p.log.truncate_to(hw) {
+            if let Err(e) = p.on_writer(move |p| p.log.truncate_to(hw)).await {
                 tracing::error!(log = p.log.name(), error = %e, "truncation failed");
                 continue;
             }
@@ -283,7 +283,7 @@ async fn truncate_diverged(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std
                     );
                 }
                 // Also at the log end: epochs begun there that the leader lacks must go.
-                if let Err(e) = p.log.truncate_to(end) {
+                if let Err(e) = p.on_writer(move |p| p.log.truncate_to(end)).await {
                     tracing::error!(log = p.log.name(), error = %e, "truncation failed");
                     continue;
                 }
@@ -390,7 +390,7 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
                         leader_epoch = r.diverging_epoch.epoch,
                         "leader reports diverging history: truncating"
                     );
-                    if let Err(e) = p.log.truncate_to(end) {
+                    if let Err(e) = p.on_writer(move |p| p.log.truncate_to(end)).await {
                         tracing::error!(log = p.log.name(), error = %e, "truncation failed");
                         set_truncate(f, p, *epoch);
                     }
@@ -399,7 +399,7 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
                 None => {
                     let data = r.records.unwrap_or_default();
                     if !data.is_empty() {
-                        match p.append_as_follower(f.leader, *epoch, *offset, &data) {
+                        match p.append_as_follower(f.leader, *epoch, *offset, data).await {
                             Ok(Some(end)) => {
                                 progressed = true;
                                 appended.push((p.log.clone(), end));
@@ -418,10 +418,9 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
                     }
                     p.log
                         .set_high_watermark(r.high_watermark.min(p.log.log_end_offset()));
-                    if r.log_start_offset > p.log.log_start_offset()
-                        && r.log_start_offset <= p.log.high_watermark()
-                    {
-                        let _ = p.log.delete_records(r.log_start_offset);
+                    let start = r.log_start_offset;
+                    if start > p.log.log_start_offset() && start <= p.log.high_watermark() {
+                        let _ = p.on_writer(move |p| p.log.delete_records(start)).await;
                     }
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
@@ -435,7 +434,8 @@ async fn fetch_once(b: &Arc<Broker>, f: &Fetcher, conn: &mut Conn) -> std::io::R
                             leader_start = r.log_start_offset,
                             "follower is behind the leader's log start; resetting"
                         );
-                        if let Err(e) = p.log.reset_to(r.log_start_offset) {
+                        let start = r.log_start_offset;
+                        if let Err(e) = p.on_writer(move |p| p.log.reset_to(start)).await {
                             tracing::error!(log = p.log.name(), error = %e, "reset failed");
                         }
                     } else {

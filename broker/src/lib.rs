@@ -16,9 +16,12 @@ pub mod group;
 pub mod handlers;
 pub mod lease;
 pub mod observe;
-pub mod partition;
 pub mod producer_ids;
+pub mod replica;
 pub mod server;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
+
+/// Runs blocking work (disk I/O) off the async workers; see `strom_storage::io`.
+pub use strom_storage::io::blocking;

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::client::{list_offsets_request, Conn};
-use crate::partition::Partition;
+use crate::replica::Partition;
 use crate::Broker;
 use strom_raft::image::PartitionState;
 
@@ -555,7 +555,7 @@ async fn route(broker: &Arc<Broker>, req: Request<Incoming>) -> Response<Full<By
         (&Method::GET, "/metrics") => {
             let lag = group_offsets(broker).await;
             let b = broker.clone();
-            let page = tokio::task::spawn_blocking(move || render(&b, &lag))
+            let page = strom_storage::io::blocking(move || render(&b, &lag))
                 .await
                 .unwrap_or_default();
             let mut r = text(StatusCode::OK, page);

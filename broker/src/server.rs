@@ -101,10 +101,12 @@ impl Server {
     }
 }
 
-/// A response on its way: ready bytes, or a task computing them.
+/// A response on its way: ready bytes, a task computing them, or a task with no response
+/// (acks=0) whose failure closes the connection.
 enum Pending {
     Ready(Frame),
     Task(tokio::task::JoinHandle<Result<Frame, HandlerError>>),
+    Quiet(tokio::task::JoinHandle<Result<(), HandlerError>>),
 }
 
 struct Connection {
@@ -140,7 +142,7 @@ impl Connection {
                 let pending = match self.handle(frame) {
                     Ok(Reply::Now(b)) => Pending::Ready(b),
                     Ok(Reply::Later(fut)) => Pending::Task(tokio::spawn(fut)),
-                    Ok(Reply::None) => continue,
+                    Ok(Reply::Quiet(fut)) => Pending::Quiet(tokio::spawn(fut)),
                     Err(reason) => {
                         tracing::warn!(peer = %self.peer, %reason, "closing connection");
                         break 'conn;
@@ -204,6 +206,11 @@ impl Connection {
                 observe::request_done(api, started);
                 out
             })),
+            Reply::Quiet(fut) => Reply::Quiet(Box::pin(async move {
+                let out = fut.await;
+                observe::request_done(api, started);
+                out
+            })),
             now => {
                 observe::request_done(api, started);
                 now
@@ -220,6 +227,17 @@ async fn write_loop(
     while let Some((pending, permit)) = rx.recv().await {
         let bytes = match pending {
             Pending::Ready(b) => Ok(b),
+            Pending::Quiet(task) => match task.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer, reason = %e, "closing connection");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(peer = %peer, error = %e, "request task failed");
+                    break;
+                }
+            },
             Pending::Task(task) => match task.await {
                 Ok(result) => result,
                 Err(e) => {

@@ -55,7 +55,7 @@ proptest! {
             .with_correlation_id(7);
         match dispatch(b, api, &header, Bytes::from(body), "127.0.0.1") {
             Ok(Reply::Now(frame)) => prop_assert!(frame.len() >= 8),
-            Ok(Reply::Later(_)) | Ok(Reply::None) | Err(_) => {}
+            Ok(Reply::Later(_)) | Ok(Reply::Quiet(_)) | Err(_) => {}
         }
     }
 }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use strom_protocol::batch::{self, BatchHeader};
 use tokio::sync::watch;
 
@@ -15,7 +16,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::{LogConfig, TimestampType};
 use crate::epochs::EpochCache;
 use crate::error::{IoContext, StorageError};
-use crate::flush::Flusher;
+use crate::io::{assert_blocking_allowed, DirIo};
 use crate::producer_state::{Check, ProducerState};
 use crate::segment::{self, Segment};
 
@@ -53,23 +54,36 @@ struct FlushState {
     failed: bool,
 }
 
+/// The file side of the log. Its lock is taken only off the async workers (the directory's
+/// writer thread, the flusher, blocking-pool readers), so a system call made under it can
+/// stall nothing but other disk work.
 struct Inner {
     segments: BTreeMap<i64, Segment>,
-    log_start_offset: i64,
-    next_offset: i64,
     unflushed_messages: i64,
     /// Files written since the last flush (a roll can leave more than one).
     dirty: Vec<Arc<File>>,
     /// Segments were created or removed since the last flush: the directory needs an fsync.
     dirty_dir: bool,
-    last_flush_ms: i64,
-    /// Set after a write or fsync failed in a way that leaves the file state unknown.
-    offline: bool,
     /// Idempotent producers' recent batches, for de-duplication and sequence checks.
     producers: ProducerState,
+}
+
+/// The offsets and sizes the rest of the broker reads on its async workers. Written by whoever
+/// holds `Inner` (and the high watermark by the replica that owns it); never held across a
+/// system call.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    log_start_offset: i64,
+    /// The log end offset: the next offset to be written.
+    end: i64,
     /// Offsets below it are committed (replicated to the ISR); consumers read up to it.
     high_watermark: i64,
-    epochs: EpochCache,
+    /// Bytes on disk over all segments, and how many segments.
+    bytes: u64,
+    segments: usize,
+    /// Something was written since the last flush.
+    dirty: bool,
+    last_flush_ms: i64,
 }
 
 pub struct Log {
@@ -78,10 +92,15 @@ pub struct Log {
     dir: PathBuf,
     config: RwLock<Arc<LogConfig>>,
     inner: Mutex<Inner>,
+    marks: Mutex<Marks>,
+    /// The leader-epoch cache; its file is written outside this lock.
+    epochs: Mutex<EpochCache>,
+    /// Set after a write or fsync failed in a way that leaves the file state unknown.
+    offline: AtomicBool,
     /// Log end offset, published after every append so long-polling fetches wake up.
     end_tx: watch::Sender<i64>,
     flushed_tx: watch::Sender<FlushState>,
-    flusher: Arc<Flusher>,
+    io: Arc<DirIo>,
 }
 
 fn now_ms() -> i64 {
@@ -98,9 +117,10 @@ impl Log {
         dir: &Path,
         name: String,
         cfg: LogConfig,
-        flusher: Arc<Flusher>,
+        io: Arc<DirIo>,
         clean: bool,
     ) -> Result<Arc<Self>, StorageError> {
+        assert_blocking_allowed("Log::open");
         std::fs::create_dir_all(dir).at(dir)?;
         let cp = checkpoint::read(dir);
         let bases = segment::list(dir)?;
@@ -174,30 +194,36 @@ impl Log {
         if epochs.truncate_from(next_offset + 1) {
             epochs.write(dir)?;
         }
+        let marks = Marks {
+            log_start_offset,
+            end: next_offset,
+            // The leader raises it as replicas confirm; a single replica raises it at once.
+            high_watermark: log_start_offset,
+            bytes: segments.values().map(Segment::size).sum(),
+            segments: segments.len(),
+            dirty: false,
+            last_flush_ms: now_ms(),
+        };
         let log = Arc::new(Self {
             name,
             dir: dir.to_path_buf(),
             config: RwLock::new(Arc::new(cfg)),
             inner: Mutex::new(Inner {
                 segments,
-                log_start_offset,
-                next_offset,
                 unflushed_messages: 0,
                 dirty: Vec::new(),
                 dirty_dir: false,
-                last_flush_ms: now_ms(),
-                offline: false,
                 producers,
-                // The leader raises it as replicas confirm; a single replica raises it at once.
-                high_watermark: log_start_offset,
-                epochs,
             }),
+            marks: Mutex::new(marks),
+            epochs: Mutex::new(epochs),
+            offline: AtomicBool::new(false),
             end_tx: watch::Sender::new(next_offset),
             flushed_tx: watch::Sender::new(FlushState {
                 flushed: next_offset,
                 failed: false,
             }),
-            flusher,
+            io,
         });
         log.write_checkpoint()?;
         Ok(log)
@@ -211,6 +237,11 @@ impl Log {
         &self.dir
     }
 
+    /// The I/O threads of this log's directory.
+    pub fn io(&self) -> &Arc<DirIo> {
+        &self.io
+    }
+
     pub fn config(&self) -> Arc<LogConfig> {
         self.config.read().clone()
     }
@@ -219,75 +250,109 @@ impl Log {
         *self.config.write() = Arc::new(cfg);
     }
 
+    fn marks(&self) -> MutexGuard<'_, Marks> {
+        self.marks.lock()
+    }
+
     pub fn log_start_offset(&self) -> i64 {
-        self.inner.lock().log_start_offset
+        self.marks().log_start_offset
     }
 
     pub fn log_end_offset(&self) -> i64 {
-        self.inner.lock().next_offset
+        self.marks().end
     }
 
     /// The high watermark: offsets below it are committed.
     pub fn high_watermark(&self) -> i64 {
-        self.inner.lock().high_watermark
+        self.marks().high_watermark
     }
 
     /// Raises the high watermark (never past the log end, never backwards); wakes fetches.
     pub fn set_high_watermark(&self, hw: i64) -> bool {
-        let mut inner = self.inner.lock();
-        let hw = hw.min(inner.next_offset);
-        if hw <= inner.high_watermark {
+        let mut marks = self.marks();
+        let hw = hw.min(marks.end);
+        if hw <= marks.high_watermark {
             return false;
         }
-        inner.high_watermark = hw;
-        drop(inner);
+        marks.high_watermark = hw;
+        drop(marks);
         self.end_tx.send_modify(|_| {});
         true
     }
 
+    /// Whether a read from `offset` below `upper` would find records (or fail): when not, a
+    /// fetch can answer without touching the disk.
+    pub fn has_data(&self, offset: i64, upper: i64) -> bool {
+        let m = self.marks();
+        offset < m.log_start_offset || offset > m.end || offset < upper.min(m.end)
+    }
+
     /// The latest leader epoch and the offset where it started.
     pub fn latest_epoch(&self) -> Option<(i32, i64)> {
-        self.inner.lock().epochs.latest()
+        self.epochs.lock().latest()
     }
 
     /// A new leader records that its epoch starts at the current log end.
     pub fn begin_epoch(&self, epoch: i32) -> Result<(), StorageError> {
-        let mut inner = self.inner.lock();
-        let end = inner.next_offset;
-        if inner.epochs.assign(epoch, end) {
-            self.persist_epochs(&mut inner)?;
+        assert_blocking_allowed("Log::begin_epoch");
+        let _inner = self.inner.lock();
+        let end = self.log_end_offset();
+        let changed = self.epochs.lock().assign(epoch, end);
+        if changed {
+            self.persist_epochs()?;
         }
         Ok(())
     }
 
-    /// Writes the leader-epoch checkpoint after the cache changed. If that fails, the file no
-    /// longer describes the log (and divergence checks would answer from a cache the next
-    /// start does not have), so the log goes offline, as Kafka takes its directory offline.
-    fn persist_epochs(&self, inner: &mut Inner) -> Result<(), StorageError> {
-        inner.epochs.write(&self.dir).inspect_err(|e| {
-            inner.offline = true;
+    /// Writes the leader-epoch checkpoint after the cache changed (the caller holds `inner`).
+    /// If that fails, the file no longer describes the log (and divergence checks would answer
+    /// from a cache the next start does not have), so the log goes offline, as Kafka takes its
+    /// directory offline.
+    fn persist_epochs(&self) -> Result<(), StorageError> {
+        let epochs = self.epochs.lock().clone();
+        epochs.write(&self.dir).inspect_err(|e| {
+            self.offline.store(true, Ordering::Release);
             tracing::error!(log = %self.name, error = %e, "cannot write the leader-epoch checkpoint: log offline");
         })
     }
 
     /// OffsetForLeaderEpoch: the largest epoch <= `epoch` this log knows and where it ended.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
-        let inner = self.inner.lock();
-        inner.epochs.end_offset_for(epoch, inner.next_offset)
+        // Both under one look, so a truncation is seen whole or not at all.
+        let marks = self.marks();
+        self.epochs.lock().end_offset_for(epoch, marks.end)
     }
 
     /// Bytes on disk over all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.inner.lock().segments.values().map(Segment::size).sum()
+        self.marks().bytes
     }
 
     pub fn segment_count(&self) -> usize {
-        self.inner.lock().segments.len()
+        self.marks().segments
     }
 
     /// A receiver that changes whenever the log end offset moves.
     pub fn subscribe_end(&self) -> watch::Receiver<i64> {
         self.end_tx.subscribe()
+    }
+
+    /// Publishes a new log end after an append of `added` bytes (the caller holds `inner`);
+    /// returns the log start offset.
+    fn advance_end(&self, inner: &Inner, next: i64, added: usize) -> i64 {
+        let mut m = self.marks();
+        m.end = next;
+        m.dirty = true;
+        m.bytes += added as u64;
+        m.segments = inner.segments.len();
+        m.log_start_offset
+    }
+
+    /// Publishes the segment count and size after segments were written, added or removed.
+    fn publish_sizes(&self, inner: &Inner) {
+        let mut m = self.marks();
+        m.bytes = inner.segments.values().map(Segment::size).sum();
+        m.segments = inner.segments.len();
     }
 
     /// Appends validated batches (one or more, back to back), assigning offsets from the log
@@ -302,11 +367,12 @@ impl Log {
         data: impl Into<Bytes>,
         leader_epoch: i32,
     ) -> Result<AppendResult, StorageError> {
+        assert_blocking_allowed("Log::append");
         let data: Bytes = data.into();
         let cfg = self.config();
         let now = now_ms();
         let mut inner = self.inner.lock();
-        if inner.offline {
+        if self.is_offline() {
             return Err(StorageError::Offline(self.name.clone()));
         }
         for (h, _) in batch::BatchIter::new(&data) {
@@ -316,13 +382,13 @@ impl Log {
                     base_offset: dup.first_offset,
                     last_offset: dup.last_offset,
                     log_append_time: -1,
-                    log_start_offset: inner.log_start_offset,
+                    log_start_offset: self.log_start_offset(),
                     flush_required: false,
                     duplicate: true,
                 });
             }
         }
-        let base_offset = inner.next_offset;
+        let base_offset = self.log_end_offset();
         let mut next = base_offset;
         let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
         let mut messages = 0i64;
@@ -383,17 +449,17 @@ impl Log {
         for (h, _) in &headers {
             inner.producers.record(h, now_ms());
         }
-        inner.next_offset = next;
         inner.unflushed_messages += messages;
-        if inner.epochs.assign(leader_epoch, base_offset) {
-            self.persist_epochs(&mut inner)?;
+        let log_start_offset = self.advance_end(&inner, next, data.len());
+        if self.epochs.lock().assign(leader_epoch, base_offset) {
+            self.persist_epochs()?;
         }
         let flush_required = inner.unflushed_messages >= cfg.flush_messages;
         let result = AppendResult {
             base_offset,
             last_offset: next - 1,
             log_append_time: if log_append_time { now } else { -1 },
-            log_start_offset: inner.log_start_offset,
+            log_start_offset,
             flush_required,
             duplicate: false,
         };
@@ -424,7 +490,7 @@ impl Log {
             if let Err(e) = self.roll(inner, cfg) {
                 // Half a roll (old indexes sealed, new files partly created) is no state to
                 // keep appending in.
-                inner.offline = true;
+                self.offline.store(true, Ordering::Release);
                 tracing::error!(log = %self.name, error = %e, "segment roll failed: log offline");
                 return Err(e);
             }
@@ -434,7 +500,7 @@ impl Log {
         };
         if let Err(e) = active.append_parts(parts, len, headers) {
             if matches!(e, StorageError::Offline(_)) {
-                inner.offline = true;
+                self.offline.store(true, Ordering::Release);
             }
             tracing::error!(log = %self.name, error = %e, "append failed");
             return Err(e);
@@ -449,13 +515,14 @@ impl Log {
     /// A follower appends batches exactly as the leader stored them (offsets and epochs
     /// included); they must continue the log without a gap. Returns the new log end.
     pub fn append_replicated(&self, data: &[u8]) -> Result<i64, StorageError> {
+        assert_blocking_allowed("Log::append_replicated");
         let cfg = self.config();
         let mut inner = self.inner.lock();
-        if inner.offline {
+        if self.is_offline() {
             return Err(StorageError::Offline(self.name.clone()));
         }
         let mut headers: Vec<(BatchHeader, usize)> = Vec::new();
-        let mut next = inner.next_offset;
+        let mut next = self.log_end_offset();
         let mut pos = 0usize;
         while pos < data.len() {
             let rest = &data[pos..];
@@ -479,19 +546,22 @@ impl Log {
             pos += total;
         }
         if headers.is_empty() {
-            return Ok(inner.next_offset);
+            return Ok(next);
         }
         self.write_active(&mut inner, &cfg, &[&data[..pos]], pos, &headers, 0)?;
         let mut epochs_changed = false;
-        for (h, _) in &headers {
-            inner.producers.record(h, now_ms());
-            inner.unflushed_messages += i64::from(h.records_count);
-            epochs_changed |= inner.epochs.assign(h.partition_leader_epoch, h.base_offset);
+        {
+            let mut epochs = self.epochs.lock();
+            for (h, _) in &headers {
+                inner.producers.record(h, now_ms());
+                inner.unflushed_messages += i64::from(h.records_count);
+                epochs_changed |= epochs.assign(h.partition_leader_epoch, h.base_offset);
+            }
         }
         // As for a leader's append: the log end moves with the bytes written, whatever follows.
-        inner.next_offset = next;
+        self.advance_end(&inner, next, pos);
         if epochs_changed {
-            self.persist_epochs(&mut inner)?;
+            self.persist_epochs()?;
         }
         drop(inner);
         self.end_tx.send_replace(next);
@@ -501,23 +571,28 @@ impl Log {
     /// Removes everything from `offset` on (a follower dropping history the leader does not
     /// have). A batch that straddles `offset` goes too; the follower fetches it again.
     pub fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
+        assert_blocking_allowed("Log::truncate_to");
         let cfg = self.config();
         let mut inner = self.inner.lock();
-        if offset >= inner.next_offset {
+        let (start, end) = {
+            let m = self.marks();
+            (m.log_start_offset, m.end)
+        };
+        if offset >= end {
             // No record goes, but epochs begun at or after the cut (e.g. a leadership this
             // replica held without appending anything) are history the leader does not have:
             // left in place, the next fetch would report them as the last fetched epoch again.
-            if inner.epochs.truncate_from(offset) {
-                self.persist_epochs(&mut inner)?;
+            if self.epochs.lock().truncate_from(offset) {
+                self.persist_epochs()?;
             }
-            return Ok(inner.next_offset);
+            return Ok(end);
         }
-        let offset = offset.max(inner.log_start_offset);
+        let offset = offset.max(start);
         // Data below the cut that was written but not yet synced stays in the log: sync it now,
         // since the dirty list is reset below and nothing else would.
         for f in std::mem::take(&mut inner.dirty) {
             if let Err(e) = f.sync_data().at(&self.dir) {
-                inner.offline = true;
+                self.offline.store(true, Ordering::Release);
                 drop(inner);
                 self.flushed_tx.send_modify(|s| s.failed = true);
                 return Err(e);
@@ -527,7 +602,7 @@ impl Log {
             .segments
             .keys()
             .copied()
-            .filter(|b| *b >= offset && *b > inner.log_start_offset)
+            .filter(|b| *b >= offset && *b > start)
             .collect();
         for base in doomed {
             if let Some(seg) = inner.segments.remove(&base) {
@@ -548,23 +623,27 @@ impl Log {
             }
         }
         if inner.segments.is_empty() {
-            let base = inner.log_start_offset;
             inner
                 .segments
-                .insert(base, Segment::create(&self.dir, base, &cfg)?);
+                .insert(start, Segment::create(&self.dir, start, &cfg)?);
         }
         let next = inner
             .segments
             .values()
             .next_back()
             .map_or(offset, Segment::next_offset);
-        inner.next_offset = next;
-        inner.high_watermark = inner.high_watermark.min(next);
         inner.dirty.clear();
         inner.dirty_dir = true;
         inner.producers = rebuild_producers(&inner.segments)?;
-        if inner.epochs.truncate_from(next) {
-            self.persist_epochs(&mut inner)?;
+        let epochs_changed = {
+            let mut m = self.marks();
+            m.end = next;
+            m.high_watermark = m.high_watermark.min(next);
+            self.epochs.lock().truncate_from(next)
+        };
+        self.publish_sizes(&inner);
+        if epochs_changed {
+            self.persist_epochs()?;
         }
         tracing::info!(log = %self.name, offset = next, "truncated log");
         drop(inner);
@@ -580,6 +659,7 @@ impl Log {
     /// Drops the whole log and starts it empty at `offset` (a follower whose position fell
     /// below the leader's log start).
     pub fn reset_to(&self, offset: i64) -> Result<(), StorageError> {
+        assert_blocking_allowed("Log::reset_to");
         let cfg = self.config();
         {
             let mut inner = self.inner.lock();
@@ -592,14 +672,18 @@ impl Log {
             inner
                 .segments
                 .insert(offset, Segment::create(&self.dir, offset, &cfg)?);
-            inner.log_start_offset = offset;
-            inner.next_offset = offset;
-            inner.high_watermark = offset;
             inner.dirty.clear();
             inner.dirty_dir = true;
             inner.producers = ProducerState::default();
-            inner.epochs = EpochCache::default();
-            self.persist_epochs(&mut inner)?;
+            {
+                let mut m = self.marks();
+                m.log_start_offset = offset;
+                m.end = offset;
+                m.high_watermark = offset;
+                *self.epochs.lock() = EpochCache::default();
+            }
+            self.publish_sizes(&inner);
+            self.persist_epochs()?;
         }
         self.flushed_tx.send_modify(|s| s.flushed = offset);
         self.end_tx.send_replace(offset);
@@ -607,7 +691,7 @@ impl Log {
     }
 
     fn roll(&self, inner: &mut Inner, cfg: &LogConfig) -> Result<(), StorageError> {
-        let base = inner.next_offset;
+        let base = self.log_end_offset();
         if let Some(active) = inner.segments.values_mut().next_back() {
             active.roll_close()?;
         }
@@ -615,6 +699,7 @@ impl Log {
         tracing::debug!(log = %self.name, base, "rolled new segment");
         inner.segments.insert(base, seg);
         inner.dirty_dir = true;
+        self.marks().segments = inner.segments.len();
         Ok(())
     }
 
@@ -625,7 +710,7 @@ impl Log {
         if rx.borrow().flushed >= offset {
             return Ok(());
         }
-        self.flusher.request(self.clone());
+        self.io.request_flush(self.clone());
         let state = rx
             .wait_for(|s| s.flushed >= offset || s.failed)
             .await
@@ -640,11 +725,12 @@ impl Log {
     /// Asks for a background flush when `flush.ms` has passed since the last one.
     pub fn flush_if_due(self: &Arc<Self>) {
         let cfg = self.config();
-        let inner = self.inner.lock();
-        let due = !inner.dirty.is_empty() && now_ms() - inner.last_flush_ms >= cfg.flush_ms;
-        drop(inner);
+        let due = {
+            let m = self.marks();
+            m.dirty && now_ms() - m.last_flush_ms >= cfg.flush_ms
+        };
         if due {
-            self.flusher.request(self.clone());
+            self.io.request_flush(self.clone());
         }
     }
 
@@ -652,16 +738,19 @@ impl Log {
     /// flushed offset. A failed fsync takes the log offline: after one, the kernel may have
     /// dropped the dirty pages, so retrying cannot prove durability.
     pub fn flush_now(&self) -> Result<(), StorageError> {
+        assert_blocking_allowed("Log::flush_now");
         let (files, dirty_dir, target) = {
             let mut inner = self.inner.lock();
-            if inner.offline {
+            if self.is_offline() {
                 return Err(StorageError::Offline(self.name.clone()));
             }
             let files = std::mem::take(&mut inner.dirty);
             let dirty_dir = std::mem::take(&mut inner.dirty_dir);
             inner.unflushed_messages = 0;
-            inner.last_flush_ms = now_ms();
-            (files, dirty_dir, inner.next_offset)
+            let mut m = self.marks();
+            m.dirty = false;
+            m.last_flush_ms = now_ms();
+            (files, dirty_dir, m.end)
         };
         let mut result = files.iter().try_for_each(|f| f.sync_data().at(&self.dir));
         if result.is_ok() && dirty_dir {
@@ -669,7 +758,7 @@ impl Log {
         }
         if let Err(e) = &result {
             tracing::error!(log = %self.name, error = %e, "fsync failed; taking the partition offline");
-            self.inner.lock().offline = true;
+            self.offline.store(true, Ordering::Release);
             self.flushed_tx.send_modify(|s| s.failed = true);
             return result;
         }
@@ -680,7 +769,7 @@ impl Log {
 
     /// A write or fsync failed: the log's file state is unknown until a restart recovers it.
     pub fn is_offline(&self) -> bool {
-        self.inner.lock().offline
+        self.offline.load(Ordering::Acquire)
     }
 
     /// Offset up to which data is known to be on stable storage.
@@ -690,6 +779,7 @@ impl Log {
 
     /// Persists log start offset and recovery point.
     pub fn write_checkpoint(&self) -> Result<(), StorageError> {
+        assert_blocking_allowed("Log::write_checkpoint");
         let cp = Checkpoint {
             log_start_offset: self.log_start_offset(),
             recovery_point: self.flushed_offset(),
@@ -707,24 +797,27 @@ impl Log {
         min_one: bool,
         upper: i64,
     ) -> Result<ReadResult, StorageError> {
-        let inner = self.inner.lock();
-        let hw = upper.min(inner.next_offset);
-        let start = inner.log_start_offset;
-        if offset < start || offset > inner.next_offset {
+        let m = *self.marks();
+        let hw = upper.min(m.end);
+        let start = m.log_start_offset;
+        if offset < start || offset > m.end {
             return Err(StorageError::OffsetOutOfRange {
                 offset,
                 start,
-                end: inner.next_offset,
+                end: m.end,
             });
         }
         let empty = ReadResult {
             data: Bytes::new(),
             log_start_offset: start,
-            high_watermark: inner.high_watermark,
+            high_watermark: m.high_watermark,
         };
+        // Nothing to read is answered from the marks alone, on any thread.
         if offset >= hw || max_bytes == 0 && !min_one {
             return Ok(empty);
         }
+        assert_blocking_allowed("Log::read");
+        let inner = self.inner.lock();
         let from = inner
             .segments
             .range(..=offset)
@@ -751,8 +844,9 @@ impl Log {
 
     /// ListOffsets by time: the first record whose timestamp is >= `ts`, as (offset, timestamp).
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        assert_blocking_allowed("Log::offset_for_timestamp");
         let inner = self.inner.lock();
-        let start = inner.log_start_offset;
+        let start = self.log_start_offset();
         for seg in inner.segments.values().filter(|s| s.max_timestamp() >= ts) {
             let from = seg.time_lookup_start(ts).max(start);
             let Some((mut pos, _)) = seg.position_of(from, seg.size())? else {
@@ -773,6 +867,7 @@ impl Log {
 
     /// ListOffsets MAX_TIMESTAMP: the record with the largest timestamp, as (offset, timestamp).
     pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        assert_blocking_allowed("Log::max_timestamp_offset");
         let inner = self.inner.lock();
         let Some(seg) = inner
             .segments
@@ -786,7 +881,7 @@ impl Log {
         let Some((pos, h)) = seg.position_of(seg.offset_of_max_timestamp(), seg.size())? else {
             return Ok(None);
         };
-        self.first_record_at_or_after(seg, pos, &h, ts, inner.log_start_offset)
+        self.first_record_at_or_after(seg, pos, &h, ts, self.log_start_offset())
     }
 
     fn first_record_at_or_after(
@@ -819,22 +914,24 @@ impl Log {
     /// DeleteRecords: moves the log start offset up to `offset` (`-1` means the high
     /// watermark) and drops segments entirely below it. Returns the new low watermark.
     pub fn delete_records(&self, offset: i64) -> Result<i64, StorageError> {
+        assert_blocking_allowed("Log::delete_records");
         {
             let mut inner = self.inner.lock();
+            let m = *self.marks();
             let target = if offset == -1 {
-                inner.high_watermark
+                m.high_watermark
             } else {
                 offset
             };
-            if target < 0 || target > inner.high_watermark {
+            if target < 0 || target > m.high_watermark {
                 return Err(StorageError::OffsetOutOfRange {
                     offset,
-                    start: inner.log_start_offset,
-                    end: inner.high_watermark,
+                    start: m.log_start_offset,
+                    end: m.high_watermark,
                 });
             }
-            if target > inner.log_start_offset {
-                inner.log_start_offset = target;
+            if target > m.log_start_offset {
+                self.marks().log_start_offset = target;
                 self.drop_segments_below_start(&mut inner);
             }
         }
@@ -848,7 +945,7 @@ impl Log {
             let (Some(first), Some(_second)) = (it.next(), it.next()) else {
                 return;
             };
-            if first.next_offset() > inner.log_start_offset {
+            if first.next_offset() > self.log_start_offset() {
                 return;
             }
             let base = first.base_offset;
@@ -861,8 +958,10 @@ impl Log {
             seg.delete_files(&self.dir);
             inner.dirty_dir = true;
             if let Some(next) = inner.segments.keys().next() {
-                inner.log_start_offset = inner.log_start_offset.max(*next);
+                let mut m = self.marks();
+                m.log_start_offset = m.log_start_offset.max(*next);
             }
+            self.publish_sizes(inner);
         }
     }
 
@@ -870,6 +969,7 @@ impl Log {
     /// active segment is rolled first when it has expired too, so an idle topic still empties.
     /// Returns how many segments were deleted.
     pub fn apply_retention(&self) -> Result<usize, StorageError> {
+        assert_blocking_allowed("Log::apply_retention");
         let cfg = self.config();
         if !cfg.delete_retention {
             return Ok(0);
@@ -878,7 +978,7 @@ impl Log {
         let mut deleted = 0;
         {
             let mut inner = self.inner.lock();
-            if inner.offline {
+            if self.is_offline() {
                 return Ok(0);
             }
             let expired = |s: &Segment| {
@@ -915,6 +1015,7 @@ impl Log {
 
     /// Forgets idempotent producers idle for longer than `max_idle_ms`.
     pub fn expire_producers(&self, max_idle_ms: i64) -> usize {
+        assert_blocking_allowed("Log::expire_producers");
         self.inner.lock().producers.expire(now_ms(), max_idle_ms)
     }
 
@@ -928,7 +1029,7 @@ impl Log {
             }
             inner
                 .producers
-                .write_snapshot(&self.dir, inner.next_offset)?;
+                .write_snapshot(&self.dir, self.log_end_offset())?;
         }
         self.write_checkpoint()
     }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use strom_protocol::batch;
 use strom_protocol::codec::Codec;
 use strom_protocol::records::build_batch;
-use strom_storage::{Flusher, Log, LogConfig, StorageError};
+use strom_storage::{DirIo, Log, LogConfig, StorageError};
 
 fn batch_of(n: usize, ts: i64, tag: &str) -> BytesMut {
     let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
@@ -18,7 +18,11 @@ fn batch_of(n: usize, ts: i64, tag: &str) -> BytesMut {
 }
 
 fn open(dir: &std::path::Path, cfg: LogConfig, clean: bool) -> Arc<Log> {
-    Log::open(dir, "t-0".into(), cfg, Flusher::new(), clean).expect("open")
+    Log::open(dir, "t-0".into(), cfg, io(), clean).expect("open")
+}
+
+fn io() -> Arc<DirIo> {
+    DirIo::start("test").expect("io threads")
 }
 
 fn offsets_in(data: &[u8]) -> Vec<i64> {
@@ -214,24 +218,51 @@ fn offsets_by_timestamp() {
     assert_eq!(log.max_timestamp_offset().expect("max"), Some((5, 202)));
 }
 
-#[tokio::test]
-async fn group_commit_flushes_waiters() {
+#[test]
+fn group_commit_flushes_waiters() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let flusher = Flusher::new();
-    let task = tokio::spawn(flusher.clone().run());
-    let log = Log::open(
-        dir.path(),
-        "t-0".into(),
-        LogConfig::default(),
-        flusher,
-        true,
-    )
-    .expect("open");
+    let log = open(dir.path(), LogConfig::default(), true);
     let r = log.append(batch_of(2, 1, "f"), 0).expect("append");
     assert!(log.flushed_offset() < r.last_offset + 1);
-    log.wait_flushed(r.last_offset + 1).await.expect("flushed");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(log.wait_flushed(r.last_offset + 1))
+        .expect("flushed");
     assert!(log.flushed_offset() > r.last_offset);
-    task.abort();
+}
+
+#[test]
+fn writer_jobs_run_in_submission_order_off_the_runtime() {
+    let io = io();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let jobs: Vec<_> = (0..50)
+        .map(|i| {
+            let seen = seen.clone();
+            io.submit(move || {
+                seen.lock().push(i);
+                strom_storage::io::blocking_allowed()
+            })
+        })
+        .collect();
+    let allowed = rt.block_on(join_in_order(jobs));
+    assert!(allowed.into_iter().all(|a| a == Ok(true)));
+    assert_eq!(*seen.lock(), (0..50).collect::<Vec<_>>());
+    // Inside the runtime, outside the disk threads, blocking is refused.
+    assert!(!rt.block_on(async { strom_storage::io::blocking_allowed() }));
+}
+
+async fn join_in_order<T>(jobs: Vec<impl std::future::Future<Output = T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for j in jobs {
+        out.push(j.await);
+    }
+    out
 }
 
 #[test]

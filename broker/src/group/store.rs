@@ -281,28 +281,27 @@ async fn append(
         .collect();
     let batch = records::build_batch(Codec::None, super::commit_timestamp(), &kvs)
         .map_err(|e| ApiError::new(ResponseError::UnknownServerError, e.to_string()))?;
-    let log = partition.log.clone();
-    let result = partition
-        .append_as_leader(BytesMut::from(&batch[..]), |_| Ok(()))
-        .map_err(coordinator_error)?;
-    let end = result.last_offset + 1;
-    let min_isr = log.config().min_insync_replicas.max(1) as usize;
     // As durable as an acks=all produce: replicated to the ISR (and flushed when configured).
-    let committed = partition.wait_committed(end, min_isr, Duration::from_secs(5));
-    if log.config().flush_on_acks_all {
-        let (c, f) = tokio::join!(committed, log.wait_flushed(end));
-        c.map_err(coordinator_error)?;
-        f?;
-    } else {
-        committed.await.map_err(coordinator_error)?;
-    }
-    Ok(())
+    partition
+        .append(batch.into(), -1, Duration::from_secs(5))
+        .await
+        .map(|_| ())
+        .map_err(coordinator_error)
 }
 
-/// A write that could not be replicated means the coordinator moved or the ISR is too small.
+/// Kafka's mapping of a failed offsets-topic write (GroupMetadataManager): the coordinator
+/// moved, or it cannot replicate right now.
 fn coordinator_error(e: ApiError) -> ApiError {
     match e.code {
-        ResponseError::NotLeaderOrFollower => ResponseError::NotCoordinator.into(),
+        ResponseError::NotLeaderOrFollower | ResponseError::KafkaStorageError => {
+            ResponseError::NotCoordinator.into()
+        }
+        ResponseError::NotEnoughReplicas | ResponseError::NotEnoughReplicasAfterAppend => {
+            ApiError::new(
+                ResponseError::CoordinatorNotAvailable,
+                e.message.unwrap_or_default(),
+            )
+        }
         ResponseError::RequestTimedOut => ApiError::new(
             ResponseError::RequestTimedOut,
             e.message.unwrap_or_default(),

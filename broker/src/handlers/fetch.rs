@@ -152,8 +152,41 @@ pub fn handle(
             for w in &mut watchers {
                 w.borrow_and_update();
             }
-            let (resp, total, any_error) =
-                read_all(&topics, version, max_bytes, read_committed, replica >= 0);
+            let (resp, total, any_error) = if needs_disk(&topics, replica >= 0) {
+                let read = strom_storage::io::blocking(move || {
+                    let r = read_all(
+                        &topics,
+                        version,
+                        max_bytes,
+                        read_committed,
+                        replica >= 0,
+                        true,
+                    );
+                    (topics, r)
+                })
+                .await;
+                match read {
+                    Ok((back, r)) => {
+                        topics = back;
+                        r
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "fetch read task failed");
+                        return FetchResponse::default()
+                            .with_error_code(ResponseError::UnknownServerError.code());
+                    }
+                }
+            } else {
+                // Watermarks only: a record appended since the check is read next round.
+                read_all(
+                    &topics,
+                    version,
+                    max_bytes,
+                    read_committed,
+                    replica >= 0,
+                    false,
+                )
+            };
             if total >= min_bytes
                 || any_error
                 || watchers.is_empty()
@@ -170,6 +203,20 @@ pub fn handle(
             }
         }
     }
+}
+
+/// Whether answering needs the disk: some partition has records to read at the position asked.
+/// Long polls that find nothing new are answered on the async worker from the log's marks.
+fn needs_disk(topics: &[TopicWanted], replica: bool) -> bool {
+    topics.iter().flat_map(|t| t.parts.iter()).any(|w| {
+        let Ok(p) = &w.partition else { return false };
+        let upper = if replica {
+            i64::MAX
+        } else {
+            p.log.high_watermark()
+        };
+        w.diverging.is_none() && p.log.has_data(w.offset, upper)
+    })
 }
 
 /// Bytes out per topic, counted once for the response actually sent.
@@ -192,6 +239,7 @@ fn read_all(
     max_bytes: usize,
     read_committed: bool,
     replica: bool,
+    disk: bool,
 ) -> (FetchResponse, usize, bool) {
     let mut total = 0usize;
     let mut any_error = false;
@@ -213,25 +261,30 @@ fn read_all(
                 any_error = true;
                 continue;
             }
-            let result = w.partition.as_ref().map_err(Clone::clone).and_then(|p| {
-                check_epoch(w.current_leader_epoch, p.leader_epoch())?;
-                if !replica {
-                    p.check_lease()?;
-                }
-                let limit = w.max_bytes.min(max_bytes.saturating_sub(total));
-                // Consumers never see data above the high watermark.
-                let upper = if replica {
-                    i64::MAX
-                } else {
-                    p.log.high_watermark()
-                };
-                p.log.read(w.offset, limit, total == 0, upper).map_err(|e| {
+            let result =
+                w.partition.as_ref().map_err(Clone::clone).and_then(|p| {
+                    check_epoch(w.current_leader_epoch, p.leader_epoch())?;
+                    if !replica {
+                        p.check_lease()?;
+                    }
+                    let limit = if disk {
+                        w.max_bytes.min(max_bytes.saturating_sub(total))
+                    } else {
+                        0
+                    };
+                    // Consumers never see data above the high watermark.
+                    let upper = if replica {
+                        i64::MAX
+                    } else {
+                        p.log.high_watermark()
+                    };
+                    p.log.read(w.offset, limit, disk && total == 0, upper).map_err(|e| {
                     if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
                         tracing::error!(log = p.log.name(), error = %e, "fetch read failed");
                     }
                     ApiError::from(e)
                 })
-            });
+                });
             match result {
                 Ok(r) => {
                     total += r.data.len();

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::fetch::check_epoch;
 use super::Ctx;
+use crate::broker::Broker;
 use crate::error::ApiError;
 
 const LATEST: i64 = -1;
@@ -17,8 +18,26 @@ const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
-pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
-    let catalog = &ctx.broker.catalog;
+/// Lookups by time read the log: the answer is computed on the blocking pool.
+pub fn handle(
+    ctx: &Ctx<'_>,
+    req: ListOffsetsRequest,
+) -> impl std::future::Future<Output = ListOffsetsResponse> + Send + 'static {
+    let broker = ctx.broker.clone();
+    let version = ctx.version;
+    async move {
+        match strom_storage::io::blocking(move || answer(&broker, version, req)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::error!(error = %e, "ListOffsets task failed");
+                ListOffsetsResponse::default()
+            }
+        }
+    }
+}
+
+fn answer(broker: &Broker, version: i16, req: ListOffsetsRequest) -> ListOffsetsResponse {
+    let catalog = &broker.catalog;
     let replica = *req.replica_id >= 0;
     let topics = req
         .topics
@@ -76,7 +95,7 @@ pub fn handle(ctx: &Ctx<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
                     match found {
                         Ok((offset, timestamp, epoch)) => {
                             let out = out.with_offset(offset).with_timestamp(timestamp);
-                            if ctx.version >= 4 {
+                            if version >= 4 {
                                 out.with_leader_epoch(epoch)
                             } else {
                                 out

@@ -88,12 +88,13 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
         .map(|(_, lo, hi)| (*lo, *hi))
 }
 
-/// An encoded response frame (length prefix included), now or later. `None` is for
-/// acks=0 produce requests, which Kafka never answers.
+/// An encoded response frame (length prefix included), now or later. `Quiet` is for acks=0
+/// produce requests, which Kafka never answers: it resolves once the writes are done, to an
+/// error when one failed and the connection must close.
 pub enum Reply {
     Now(Frame),
     Later(BoxFuture<'static, Result<Frame, HandlerError>>),
-    None,
+    Quiet(BoxFuture<'static, Result<(), HandlerError>>),
 }
 
 /// Failures that end the connection: the request could not be decoded, or (a bug) the
@@ -268,18 +269,23 @@ pub fn dispatch(
         ),
         ApiKey::Produce => match produce::handle(&ctx, decode(api, version, b)?) {
             produce::Outcome::Respond(fut) => Ok(later(api, &ctx, fut)),
-            produce::Outcome::Silent => Ok(Reply::None),
+            produce::Outcome::Silent(fut) => Ok(Reply::Quiet(Box::pin(async move {
+                match fut.await {
+                    Some(reason) => Err(HandlerError::Close(reason)),
+                    None => Ok(()),
+                }
+            }))),
             produce::Outcome::Close(reason) => Err(HandlerError::Close(reason)),
         },
         ApiKey::Fetch => Ok(later_fetch(
             &ctx,
             fetch::handle(&ctx, decode(api, version, b)?),
         )),
-        ApiKey::ListOffsets => now(
+        ApiKey::ListOffsets => Ok(later(
             api,
             &ctx,
             list_offsets::handle(&ctx, decode(api, version, b)?),
-        ),
+        )),
         ApiKey::CreateTopics => Ok(later(
             api,
             &ctx,
@@ -295,11 +301,11 @@ pub fn dispatch(
             &ctx,
             create_partitions::handle(&ctx, decode(api, version, b)?),
         )),
-        ApiKey::DeleteRecords => now(
+        ApiKey::DeleteRecords => Ok(later(
             api,
             &ctx,
             delete_records::handle(&ctx, decode(api, version, b)?),
-        ),
+        )),
         ApiKey::DescribeConfigs => now(
             api,
             &ctx,

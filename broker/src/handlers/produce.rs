@@ -1,12 +1,14 @@
-//! Produce (key 0). Batches are validated (header and CRC32C, never decompressed), re-compressed
-//! only when the topic's `compression.type` names another codec, and appended in request order
-//! before this returns. The returned future only waits: for the group-commit fsync when
-//! `acks=all` (or `flush.messages`) asks for durability.
+//! Produce (key 0). Where a produce is validated: [`prepare`] (header and CRC32C, never
+//! decompressed; re-compressed only when the topic's `compression.type` names another codec).
+//! The appends are queued on the writer thread in request order before this returns, through
+//! the replica's one write path ([`crate::replica::Partition::append`]), which also waits for
+//! what `acks` asks.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
@@ -14,9 +16,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use strom_protocol::batch::{self, BatchError};
 use strom_protocol::records;
-use strom_storage::Log;
-
-use crate::catalog::Partition;
+use strom_storage::{AppendResult, Log};
 
 use super::{s, Ctx};
 use crate::error::ApiError;
@@ -25,10 +25,12 @@ use crate::observe;
 /// Bound on decompressed size when a batch must be re-compressed.
 const RECOMPRESS_LIMIT: usize = 256 << 20;
 
-/// What happened to one partition's data before any waiting.
+type Appending = BoxFuture<'static, Result<AppendResult, ApiError>>;
+
+/// One partition's write, queued (or refused before it was).
 struct Appended {
     index: i32,
-    outcome: Result<(strom_storage::AppendResult, Arc<Partition>), ApiError>,
+    outcome: Result<Appending, ApiError>,
 }
 
 fn batch_error(e: &BatchError) -> ApiError {
@@ -94,25 +96,27 @@ fn prepare(data: Option<Bytes>, log: &Log) -> Result<Bytes, ApiError> {
 }
 
 /// How a produce request is answered.
-pub enum Outcome<F> {
-    /// acks=1 or all: the response once any required flush is done.
+pub enum Outcome<F, Q> {
+    /// acks=1 or all: the response once the writes are done as `acks` asks.
     Respond(F),
-    /// acks=0 and everything was appended: no response.
-    Silent,
-    /// acks=0 and something failed: the connection must close.
+    /// acks=0: no response; resolves to why the connection must close if a write failed.
+    Silent(Q),
+    /// acks=0 and a write was refused before it was queued: the connection must close.
     Close(String),
 }
 
 pub fn handle(
     ctx: &Ctx<'_>,
     req: ProduceRequest,
-) -> Outcome<impl Future<Output = ProduceResponse> + Send + 'static> {
+) -> Outcome<
+    impl Future<Output = ProduceResponse> + Send + 'static,
+    impl Future<Output = Option<String>> + Send + 'static,
+> {
     let acks = req.acks;
     let version = ctx.version;
     let valid_acks = matches!(acks, -1..=1);
     let catalog = &ctx.broker.catalog;
-    let max_lag =
-        std::time::Duration::from_millis(ctx.broker.config.cluster.replica_lag_time_max_ms);
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
     let mut topics: Vec<(kafka_protocol::messages::TopicName, Vec<Appended>)> = Vec::new();
     for t in req.topic_data {
         let topic = catalog.get(t.name.as_str());
@@ -121,7 +125,7 @@ pub fn handle(
             .into_iter()
             .map(|p| {
                 let index = p.index;
-                let outcome = (|| {
+                let outcome = (|| -> Result<Appending, ApiError> {
                     if !valid_acks {
                         return Err(ApiError::new(ResponseError::InvalidRequiredAcks, format!("acks must be -1, 0 or 1, got {acks}")));
                     }
@@ -135,18 +139,19 @@ pub fn handle(
                         .leader_partition(index)?;
                     let data = prepare(p.records, &partition.log)?;
                     let bytes = data.len() as u64;
-                    let min_isr = partition.log.config().min_insync_replicas.max(1) as usize;
-                    let result = partition.append_as_leader(data, |state| {
-                        if acks == -1 && partition.in_sync_now(state, max_lag) < min_isr {
-                            return Err(ApiError::new(ResponseError::NotEnoughReplicas, format!("fewer in-sync replicas than min.insync.replicas={min_isr} (ISR {:?})", state.isr)));
+                    let appending = partition.append(data, acks, timeout);
+                    let topic = partition.topic.clone();
+                    Ok(async move {
+                        let result = appending.await;
+                        if let Ok(r) = &result {
+                            if !r.duplicate {
+                                let records = (r.last_offset - r.base_offset + 1).max(0) as u64;
+                                observe::produced(&topic, records, bytes);
+                            }
                         }
-                        Ok(())
-                    })?;
-                    if !result.duplicate {
-                        let records = (result.last_offset - result.base_offset + 1).max(0) as u64;
-                        observe::produced(&partition.topic, records, bytes);
+                        result
                     }
-                    Ok((result, partition.clone()))
+                    .boxed())
                 })();
                 if let Err(e) = &outcome {
                     tracing::debug!(topic = %t.name.as_str(), partition = index, error = ?e, "produce rejected");
@@ -159,7 +164,7 @@ pub fn handle(
     if acks == 0 {
         // There is no response to carry an error: like Kafka, close the connection so the
         // producer notices and refreshes its metadata.
-        let failed = topics
+        let refused = topics
             .iter()
             .flat_map(|(name, parts)| parts.iter().map(move |p| (name, p)))
             .find_map(|(name, p)| {
@@ -171,19 +176,33 @@ pub fn handle(
                     )
                 })
             });
-        return match failed {
-            Some(reason) => Outcome::Close(reason),
-            None => Outcome::Silent,
-        };
+        if let Some(reason) = refused {
+            return Outcome::Close(reason);
+        }
+        return Outcome::Silent(async move {
+            for (name, parts) in topics {
+                for p in parts {
+                    if let Ok(appending) = p.outcome {
+                        if let Err(e) = appending.await {
+                            return Some(format!(
+                                "acks=0 produce to {}-{} failed: {e:?}",
+                                name.as_str(),
+                                p.index
+                            ));
+                        }
+                    }
+                }
+            }
+            None
+        });
     }
-    let timeout = std::time::Duration::from_millis(req.timeout_ms.clamp(1, 300_000) as u64);
     Outcome::Respond(async move {
         let mut responses = Vec::with_capacity(topics.len());
         for (name, parts) in topics {
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
                 let outcome = match p.outcome {
-                    Ok((r, partition)) => wait(&partition, r, acks, timeout).await,
+                    Ok(appending) => appending.await,
                     Err(e) => Err(e),
                 };
                 out.push(partition_response(p.index, outcome, version));
@@ -198,42 +217,9 @@ pub fn handle(
     })
 }
 
-/// What the producer waits for: with acks=all, replication to the ISR (plus the group-commit
-/// fsync when `log.flush.acks.all`); with `flush.messages` reached, the fsync.
-async fn wait(
-    partition: &Partition,
-    r: strom_storage::AppendResult,
-    acks: i16,
-    timeout: std::time::Duration,
-) -> Result<strom_storage::AppendResult, ApiError> {
-    let log = &partition.log;
-    let end = r.last_offset + 1;
-    let flush = r.flush_required || (acks == -1 && log.config().flush_on_acks_all);
-    let flushed = async {
-        if flush {
-            log_flushed(log, end).await
-        } else {
-            Ok(())
-        }
-    };
-    if acks == -1 {
-        let min_isr = log.config().min_insync_replicas.max(1) as usize;
-        let (c, f) = tokio::join!(partition.wait_committed(end, min_isr, timeout), flushed);
-        c?;
-        f?;
-    } else {
-        flushed.await?;
-    }
-    Ok(r)
-}
-
-async fn log_flushed(log: &Arc<Log>, end: i64) -> Result<(), ApiError> {
-    log.wait_flushed(end).await.map_err(ApiError::from)
-}
-
 fn partition_response(
     index: i32,
-    outcome: Result<strom_storage::AppendResult, ApiError>,
+    outcome: Result<AppendResult, ApiError>,
     version: i16,
 ) -> PartitionProduceResponse {
     let resp = PartitionProduceResponse::default().with_index(index);

@@ -1,16 +1,33 @@
-//! One partition replica on this node: its log plus what the metadata says about it (replicas,
-//! ISR, leader and epochs). As leader it tracks every follower's fetch position, moves the
-//! high watermark to the minimum over the ISR and decides when the ISR should shrink or grow.
+//! The replica manager: one partition replica on this node, the one owner of its state — its
+//! log, what the metadata says about it (replicas, ISR, leader and epochs), every follower's
+//! progress and the high watermark.
+//!
+//! Where things happen, each in one place:
+//! - a write as leader, for produce and for the internal topics: [`Partition::append`] checks
+//!   leadership and `min.insync.replicas`, appends, then waits for what `acks` asks (the ISR in
+//!   [`Partition::wait_committed`], the group-commit fsync);
+//! - a write as follower: [`Partition::append_as_follower`], and truncations on the same queue;
+//! - the high watermark: [`Partition::advance_high_watermark`]; the ISR grows in
+//!   [`Partition::follower_fetched`] and shrinks through [`Partition::lagging`] (the broker then
+//!   asks the controller, which decides);
+//! - segments roll inside the log's append (`strom_storage::Log`).
+//!
+//! Every write and every role change runs as a job on the log directory's writer thread, in the
+//! order it was submitted. A role change therefore never lands between a leadership check and
+//! the append it guards, and no lock is held across a system call: the async workers only ever
+//! wait for the job's result.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use parking_lot::{Mutex, RwLock};
 use strom_raft::{BrokerId, PartitionState};
-use strom_storage::Log;
+use strom_storage::io::Stopped;
+use strom_storage::{AppendResult, Log, StorageError};
 use tokio::sync::watch;
 
 use crate::error::ApiError;
@@ -51,6 +68,8 @@ pub struct Partition {
     node_id: BrokerId,
     /// This broker's standing with the controller: without it, it leads nothing.
     lease: Arc<LeaderLease>,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up for longer is out of sync.
+    max_lag: Duration,
     state: RwLock<PartitionState>,
     progress: Mutex<HashMap<BrokerId, Progress>>,
     /// Followers an AlterPartition of ours is adding to the ISR. Until the controller answers,
@@ -70,6 +89,7 @@ impl Partition {
         log: Arc<Log>,
         node_id: BrokerId,
         lease: Arc<LeaderLease>,
+        max_lag: Duration,
     ) -> Self {
         Self {
             topic,
@@ -77,6 +97,7 @@ impl Partition {
             log,
             node_id,
             lease,
+            max_lag,
             state: RwLock::new(PartitionState {
                 replicas: Vec::new(),
                 isr: Vec::new(),
@@ -133,8 +154,22 @@ impl Partition {
         }
     }
 
-    /// Installs the state from a new metadata image.
-    pub fn apply(&self, new: &PartitionState) -> Transition {
+    /// Installs the state from a new metadata image. Blocks until the writer thread has run it
+    /// (call it from a blocking thread): appends queued before it run at the old state, those
+    /// queued after at the new one.
+    pub fn apply(self: &Arc<Self>, new: &PartitionState) -> Transition {
+        if *self.state.read() == *new {
+            return Transition::Unchanged;
+        }
+        let this = self.clone();
+        let new = new.clone();
+        self.log
+            .io()
+            .run_blocking(move || this.apply_now(&new))
+            .unwrap_or(Transition::Unchanged)
+    }
+
+    fn apply_now(&self, new: &PartitionState) -> Transition {
         let old = {
             let mut st = self.state.write();
             if *st == *new {
@@ -223,44 +258,112 @@ impl Partition {
         self.log.set_high_watermark(hw);
     }
 
-    /// Appends a producer's batch as leader. Leadership and `check` (e.g. min.insync.replicas)
-    /// are decided under the same lock that a metadata update takes to change them, so the
-    /// append happens at the epoch that was checked or not at all.
-    pub fn append_as_leader(
-        &self,
-        data: impl Into<bytes::Bytes>,
-        check: impl FnOnce(&PartitionState) -> Result<(), ApiError>,
-    ) -> Result<strom_storage::AppendResult, ApiError> {
-        let result = {
-            let st = self.state.read();
-            if st.leader != self.node_id {
-                return Err(self.not_leader(&st));
+    /// The one write path as leader (produce, the offsets topic, later transaction markers).
+    /// The append is queued on the writer thread at once, so a connection's requests keep their
+    /// order; there, leadership and, for `acks=-1`, `min.insync.replicas` are checked against
+    /// the state no role change can alter before the append is done. The returned future then
+    /// waits for what `acks` asks: nothing (0, 1), the ISR (-1), and the group-commit fsync
+    /// when `flush.messages` is reached or `log.flush.acks.all` is set for `acks=-1`.
+    pub fn append(
+        self: &Arc<Self>,
+        data: Bytes,
+        acks: i16,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<AppendResult, ApiError>> + Send + 'static {
+        let this = self.clone();
+        let appended = self.log.io().submit(move || this.append_now(data, acks));
+        let this = self.clone();
+        async move {
+            let r = appended.await.map_err(stopped)??;
+            this.wait_for_acks(&r, acks, timeout).await?;
+            Ok(r)
+        }
+    }
+
+    fn append_now(&self, data: Bytes, acks: i16) -> Result<AppendResult, ApiError> {
+        let st = self.state.read().clone();
+        if st.leader != self.node_id {
+            return Err(self.not_leader(&st));
+        }
+        if acks == -1 {
+            let min_isr = self.min_isr();
+            if self.in_sync_now(&st) < min_isr {
+                return Err(ApiError::new(
+                    ResponseError::NotEnoughReplicas,
+                    format!(
+                        "fewer in-sync replicas than min.insync.replicas={min_isr} (ISR {:?})",
+                        st.isr
+                    ),
+                ));
             }
-            check(&st)?;
-            self.log.append(data, st.leader_epoch)?
-        };
+        }
+        let result = self.log.append(data, st.leader_epoch)?;
         self.advance_high_watermark();
         Ok(result)
+    }
+
+    fn min_isr(&self) -> usize {
+        self.log.config().min_insync_replicas.max(1) as usize
+    }
+
+    async fn wait_for_acks(
+        &self,
+        r: &AppendResult,
+        acks: i16,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        let end = r.last_offset + 1;
+        let flush = r.flush_required || (acks == -1 && self.log.config().flush_on_acks_all);
+        let flushed = async {
+            if flush {
+                self.log.wait_flushed(end).await.map_err(ApiError::from)
+            } else {
+                Ok(())
+            }
+        };
+        if acks == -1 {
+            let (c, f) = tokio::join!(self.wait_committed(end, self.min_isr(), timeout), flushed);
+            c?;
+            f
+        } else {
+            flushed.await
+        }
     }
 
     /// Appends what the leader `leader` sent at `epoch` for a fetch at `fetch_offset`, if this
     /// replica still follows that leader at that epoch and its log still ends there; a stale
     /// response (leadership moved, or the log was truncated meanwhile) is dropped (`Ok(None)`).
-    pub fn append_as_follower(
-        &self,
+    pub async fn append_as_follower(
+        self: &Arc<Self>,
         leader: BrokerId,
         epoch: i32,
         fetch_offset: i64,
-        data: &[u8],
-    ) -> Result<Option<i64>, strom_storage::StorageError> {
-        let st = self.state.read();
-        if st.leader != leader
-            || st.leader_epoch != epoch
-            || self.log.log_end_offset() != fetch_offset
-        {
-            return Ok(None);
-        }
-        self.log.append_replicated(data).map(Some)
+        data: Bytes,
+    ) -> Result<Option<i64>, StorageError> {
+        self.on_writer(move |p| {
+            let st = p.state.read().clone();
+            if st.leader != leader
+                || st.leader_epoch != epoch
+                || p.log.log_end_offset() != fetch_offset
+            {
+                return Ok(None);
+            }
+            p.log.append_replicated(&data).map(Some)
+        })
+        .await
+    }
+
+    /// Runs `f` on the log directory's writer thread, after every write queued before it.
+    pub async fn on_writer<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Partition) -> Result<R, StorageError> + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let this = self.clone();
+        self.log
+            .io()
+            .submit(move || f(&this))
+            .await
+            .map_err(|Stopped| StorageError::Offline(self.log.name().to_owned()))?
     }
 
     fn not_leader(&self, st: &PartitionState) -> ApiError {
@@ -313,8 +416,10 @@ impl Partition {
         None
     }
 
-    /// ISR members (other than the leader) that have not caught up within `max_lag`.
-    pub fn lagging(&self, max_lag: Duration) -> Option<Vec<BrokerId>> {
+    /// The ISR without the members (other than the leader) that have not caught up within
+    /// `replica.lag.time.max.ms`, when that drops any: the broker asks the controller to shrink.
+    pub fn lagging(&self) -> Option<Vec<BrokerId>> {
+        let max_lag = self.max_lag;
         let st = self.state.read();
         if st.leader != self.node_id {
             return None;
@@ -335,9 +440,9 @@ impl Partition {
     }
 
     /// ISR members known to be in sync right now: the leader plus followers that caught up
-    /// within `max_lag`. Smaller than the ISR when followers died and the controller could not
+    /// within `replica.lag.time.max.ms`. Smaller than the ISR when followers died and the controller could not
     /// (yet) shrink it, e.g. without a quorum: acks=all is refused rather than left hanging.
-    pub fn in_sync_now(&self, st: &PartitionState, max_lag: Duration) -> usize {
+    pub fn in_sync_now(&self, st: &PartitionState) -> usize {
         let progress = self.progress.lock();
         st.isr
             .iter()
@@ -345,7 +450,7 @@ impl Partition {
                 **r == self.node_id
                     || progress
                         .get(r)
-                        .is_some_and(|p| p.caught_up_at.elapsed() <= max_lag)
+                        .is_some_and(|p| p.caught_up_at.elapsed() <= self.max_lag)
             })
             .count()
     }
@@ -416,4 +521,12 @@ impl Partition {
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
+}
+
+/// The writer thread is gone: the node is shutting down.
+fn stopped(_: Stopped) -> ApiError {
+    ApiError::new(
+        ResponseError::NotLeaderOrFollower,
+        "the broker is shutting down",
+    )
 }
