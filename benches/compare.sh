@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of Strom against the peer broker Tansu (not part of CI).
+# Side-by-side benchmark of Strom against peer brokers, Crabka 0.3.8 and Tansu 0.6 (not part
+# of CI).
 #
+#   bash benches/build-crabka.sh            # once: Crabka into .cache/bench/crabka/ (~12 min)
 #   bash benches/compare.sh
 #
 # Builds the release `strom` and `strom-load`, fetches Tansu 0.6 (a static binary inside the
@@ -22,7 +24,9 @@
 # Environment:
 #   BENCH_SECS=15              seconds per produce / e2e scenario
 #   BENCH_PIN="unpinned pinned" which pinning modes to run
-#   BENCH_BROKERS="strom tansu" which single-node brokers to run
+#   BENCH_BROKERS="strom crabka tansu" which single-node brokers to run (crabka needs
+#                              benches/build-crabka.sh first)
+#   BENCH_REPEAT=3             rounds of every scenario; the tables show medians
 #   BENCH_CLUSTER=1            0 skips the Strom three-node scenarios
 #   BENCH_CONSUME_MIB=1100     size of the topic the consume scenario reads (MiB of values)
 #   BENCH_E2E_RATE=5000        records/s of the e2e scenario
@@ -40,7 +44,9 @@ cd "$ROOT" || exit 1
 CACHE=$ROOT/.cache/bench
 SECS=${BENCH_SECS:-15}
 PIN_MODES=${BENCH_PIN:-unpinned pinned}
-BROKERS=${BENCH_BROKERS:-strom tansu}
+BROKERS=${BENCH_BROKERS:-strom crabka tansu}
+REPEAT=${BENCH_REPEAT:-3}
+ROUND=1
 CLUSTER=${BENCH_CLUSTER:-1}
 CONSUME_MIB=${BENCH_CONSUME_MIB:-1100}
 E2E_RATE=${BENCH_E2E_RATE:-5000}
@@ -56,6 +62,7 @@ PARTITIONS=3
 STROM=$ROOT/target/release/strom
 LOAD=$ROOT/target/release/strom-load
 TANSU=$CACHE/tansu
+CRABKA_DIR=$CACHE/crabka
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$CACHE/results-$TS.jsonl
 TABLES=$CACHE/results-$TS.md
@@ -163,6 +170,17 @@ start_broker() {
     mkdir -p "$dir"
     BROKER_DIR=$dir
     BROKER_NAME=$name
+    local cluster_id=""
+    if [[ $kind == crabka ]]; then
+        # Crabka's controller always listens on 127.0.0.1:9093; its data directory is formatted
+        # first (not timed as start-up).
+        cluster_id=$(cat /proc/sys/kernel/random/uuid)
+        if ! "$CRABKA_DIR/crabka" format --log-dir "$dir" --standalone --node-id 1 \
+            --cluster-id "$cluster_id" --controller-listener 127.0.0.1:9093 >"$logf" 2>&1; then
+            log "$name: crabka format failed; see $logf"
+            return 1
+        fi
+    fi
     t0=$(date +%s%N)
     case $kind in
         strom)
@@ -177,6 +195,14 @@ start_broker() {
             "${prefix[@]}" "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" \
                 --advertised-listener-url "tcp://127.0.0.1:$port" \
                 --storage-engine memory://tansu/ >"$logf" 2>&1 &
+            BROKER_PID=$!
+            ports=("$port")
+            BOOTSTRAP=127.0.0.1:$port
+            ;;
+        crabka)
+            "${prefix[@]}" "$CRABKA_DIR/crabka-broker" --listen-addr "127.0.0.1:$port" \
+                --log-dir "$dir" --broker-id 1 --cluster-id "$cluster_id" \
+                --metrics-listen-addr none >>"$logf" 2>&1 &
             BROKER_PID=$!
             ports=("$port")
             BOOTSTRAP=127.0.0.1:$port
@@ -264,7 +290,7 @@ RUN_RSS_MAX_KB=""
 record() {
     BROKER=$1 GROUP=$2 SCENARIO=$3 PIN=$4 STATUS=$5 TOOL_JSON=${6:-} ERROR=${7:-} \
     STARTUP_MS=$STARTUP_MS IDLE_RSS_KB=$IDLE_RSS_KB CPU_PCT=$RUN_CPU_PCT \
-    RSS_MAX_KB=$RUN_RSS_MAX_KB SECS=$SECS python3 - >> "$RESULTS" <<'PY'
+    RSS_MAX_KB=$RUN_RSS_MAX_KB SECS=$SECS ROUND=$ROUND python3 - >> "$RESULTS" <<'PY'
 import json, os
 e = os.environ
 def num(k):
@@ -276,6 +302,7 @@ def num(k):
 rec = {
     "broker": e["BROKER"], "group": e["GROUP"], "scenario": e["SCENARIO"],
     "pinned": e["PIN"] == "pinned", "status": e["STATUS"], "bench_secs": num("SECS"),
+    "round": num("ROUND"),
     "startup_ms": num("STARTUP_MS"), "idle_rss_kb": num("IDLE_RSS_KB"),
     "broker_cpu_pct": num("CPU_PCT"), "max_rss_kb": num("RSS_MAX_KB"),
 }
@@ -345,7 +372,7 @@ selected() { [[ -z $FILTER ]] || [[ $1 =~ $FILTER ]]; }
 scenario() {
     local broker=$1 group=$2 sc=$3 pin=$4
     shift 5
-    local name="${broker}_${pin}_${sc}"
+    local name="${broker}_${pin}_${sc}_r${ROUND}"
     name=${name//[^A-Za-z0-9._-]/_}
     selected "$broker $sc" || return 0
     RUN_CPU_PCT="" RUN_RSS_MAX_KB="" STARTUP_MS="" IDLE_RSS_KB=""
@@ -373,7 +400,7 @@ print("%.1f MiB/s, p99 %s ms, errors %s" % (j["mib_per_s"], j.get("latency_p99_m
 # The consume scenario: a fresh broker, a preload of >= 1 GiB (not measured), then the read.
 consume_scenario() {
     local broker=$1 pin=$2 sc="consume"
-    local name="${broker}_${pin}_consume"
+    local name="${broker}_${pin}_consume_r${ROUND}"
     local count=$(( CONSUME_MIB * 1024 * 1024 / RECORD_SIZE ))
     selected "$broker $sc" || return 0
     RUN_CPU_PCT="" RUN_RSS_MAX_KB="" STARTUP_MS="" IDLE_RSS_KB=""
@@ -425,6 +452,10 @@ if [[ $BROKERS == *tansu* && ! -x $TANSU ]]; then
     fi
 fi
 TANSU_VERSION=$("$TANSU" --version 2>/dev/null || echo "unavailable")
+if [[ $BROKERS == *crabka* && ! -x $CRABKA_DIR/crabka-broker ]]; then
+    log "no Crabka in $CRABKA_DIR (bash benches/build-crabka.sh builds it); its scenarios are skipped"
+    BROKERS=${BROKERS//crabka/}
+fi
 STROM_VERSION="$("$STROM" --version 2>/dev/null || echo "strom ?") (git $(git rev-parse --short HEAD 2>/dev/null || echo "?")$( [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]] && echo "+dirty"))"
 log "results: $RESULTS; logs: $LOGS; $STROM_VERSION; $TANSU_VERSION; ${SECS}s per scenario"
 
@@ -432,6 +463,8 @@ log "results: $RESULTS; logs: $LOGS; $STROM_VERSION; $TANSU_VERSION; ${SECS}s pe
 # Scenarios
 # --------------------------------------------------------------------------------------------
 
+for ROUND in $(seq "$REPEAT"); do
+log "round $ROUND of $REPEAT"
 for pin in $PIN_MODES; do
     for broker in $BROKERS; do
         if [[ $broker == tansu && ! -x $TANSU ]]; then
@@ -469,36 +502,43 @@ for pin in $PIN_MODES; do
         done
     fi
 done
+done
 
 # --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
 
-HEADER="Strom vs Tansu, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SECS} s per scenario, $(nproc) CPUs;
-$STROM_VERSION (release); $TANSU_VERSION (storage memory://); strom-load on librdkafka; results $RESULTS"
+HEADER="Strom vs ${BROKERS// /, }, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SECS} s per scenario, medians of $REPEAT rounds, $(nproc) CPUs;
+$STROM_VERSION (release); Crabka 0.3.8 (on disk); $TANSU_VERSION (storage memory://); strom-load on librdkafka; results $RESULTS"
 HEADER=$HEADER python3 - "$RESULTS" <<'PY' | tee "$TABLES"
 import json, os, statistics, sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+PEERS = [b for b in ("crabka", "tansu") if any(r["broker"] == b for r in rows)]
+NAMES = {"strom": "Strom", "crabka": "Crabka", "tansu": "Tansu", "strom3": "Strom 3 nodes"}
 
-def find(broker, scenario, pinned):
-    for r in rows:
-        if r["broker"] == broker and r["scenario"] == scenario and r["pinned"] == pinned:
-            return r
-    return None
+def runs(broker, scenario, pinned):
+    return [r for r in rows
+            if r["broker"] == broker and r["scenario"] == scenario and r["pinned"] == pinned]
 
-def tool(r, k):
-    if r is None or r["status"] != "ok":
-        return None
-    return r.get("tool", {}).get(k)
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
-def f1(v):
-    return "failed" if v is None else f"{v:,.1f}"
+def tool_med(rs, k):
+    return med([r.get("tool", {}).get(k) for r in rs if r["status"] == "ok"])
 
-def cpu(r):
-    if r is None or r["status"] != "ok" or r.get("broker_cpu_pct") is None:
-        return "-" if r is None or r["status"] == "ok" else "failed"
-    return f"{r['broker_cpu_pct']:.0f}"
+def cpu_med(rs):
+    return med([r.get("broker_cpu_pct") for r in rs if r["status"] == "ok"])
+
+def cell(rs, v, fmt="{:,.1f}"):
+    if not rs:
+        return "-"
+    if v is None:
+        return "failed"
+    n_ok = sum(r["status"] == "ok" for r in rs)
+    extra = "" if n_ok == len(rs) else f" ({len(rs) - n_ok} failed)"
+    return fmt.format(v) + extra
 
 def pin_label(p):
     return "yes" if p else "no"
@@ -510,67 +550,94 @@ for r in rows:
     if r["pinned"] not in pins:
         pins.append(r["pinned"])
 
-def throughput_table(title, group):
-    scenarios = []
+def scenarios_of(group):
+    out = []
     for r in rows:
-        if r["group"] == group and r["scenario"] not in scenarios:
-            scenarios.append(r["scenario"])
+        if r["group"] == group and r["scenario"] not in out:
+            out.append(r["scenario"])
+    return out
+
+def throughput_table(title, group):
+    scenarios = scenarios_of(group)
     if not scenarios:
         return
     print(f"### {title}")
     print()
-    print("| scenario | pinned? | Strom MiB/s | Strom broker CPU % | Tansu MiB/s | Tansu CPU % | ratio Strom/Tansu |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    head = "| scenario | pinned? | Strom MiB/s | Strom CPU % | Strom CPU %/100 MiB/s |"
+    line = "|---|---|---:|---:|---:|"
+    for p in PEERS:
+        head += f" {NAMES[p]} MiB/s | {NAMES[p]} CPU % | Strom/{NAMES[p]} MiB/s | Strom/{NAMES[p]} CPU per MiB/s |"
+        line += "---:|---:|---:|---:|"
+    print(head)
+    print(line)
     for sc in scenarios:
-        for p in pins:
-            s, t = find("strom", sc, p), find("tansu", sc, p)
-            if s is None and t is None:
+        for pin in pins:
+            s = runs("strom", sc, pin)
+            if not s and not any(runs(p, sc, pin) for p in PEERS):
                 continue
-            sm, tm = tool(s, "mib_per_s"), tool(t, "mib_per_s")
-            ratio = f"{sm / tm:.2f}×" if sm and tm else "-"
-            print(f"| {sc} | {pin_label(p)} | {f1(sm) if s else '-'} | {cpu(s)} | "
-                  f"{f1(tm) if t else '-'} | {cpu(t)} | {ratio} |")
+            sm, sc_ = tool_med(s, "mib_per_s"), cpu_med(s)
+            eff = sc_ / sm * 100 if sm and sc_ else None
+            out = f"| {sc} | {pin_label(pin)} | {cell(s, sm)} | {cell(s, sc_, '{:.0f}')} | {cell(s, eff, '{:.1f}')} |"
+            for p in PEERS:
+                t = runs(p, sc, pin)
+                tm, tc = tool_med(t, "mib_per_s"), cpu_med(t)
+                ratio = f"{sm / tm:.2f}×" if sm and tm else "-"
+                cpu_ratio = f"{(sc_ / sm) / (tc / tm):.2f}×" if sm and tm and sc_ and tc else "-"
+                out += f" {cell(t, tm)} | {cell(t, tc, '{:.0f}')} | {ratio} | {cpu_ratio} |"
+            print(out)
     print()
 
 throughput_table("Produce (1 KiB records, 3 partitions, one librdkafka producer)", "produce")
-throughput_table(f"Consume (whole topic from the beginning)", "consume")
+throughput_table("Consume (whole topic from the beginning)", "consume")
 
-lat = [r for r in rows if r["group"] == "e2e"]
+lat = scenarios_of("e2e")
 if lat:
-    print("### End-to-end latency (produce → consume, ms)")
+    print("### End-to-end latency (produce → consume, ms; medians over rounds)")
     print()
-    print("| scenario | pinned? | broker | p50 | p99 | p99.9 | max | records/s | errors |")
+    print("| scenario | pinned? | broker | p50 | p99 | p99.9 | max | records/s | rounds ok |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in lat:
-        if r["status"] != "ok":
-            print(f"| {r['scenario']} | {pin_label(r['pinned'])} | {r['broker']} | failed | failed | failed | failed | - | - |")
-            continue
-        t = r["tool"]
-        print(f"| {r['scenario']} | {pin_label(r['pinned'])} | {r['broker']} | {t['latency_p50_ms']:.2f} | "
-              f"{t['latency_p99_ms']:.2f} | {t['latency_p999_ms']:.2f} | {t['latency_max_ms']:.2f} | "
-              f"{t['records_per_s']:,.0f} | {t['errors']} |")
+    for sc in lat:
+        for pin in pins:
+            for b in ["strom"] + PEERS:
+                rs = runs(b, sc, pin)
+                if not rs:
+                    continue
+                ok = [r for r in rs if r["status"] == "ok"]
+                if not ok:
+                    print(f"| {sc} | {pin_label(pin)} | {NAMES[b]} | failed | failed | failed | failed | - | 0/{len(rs)} |")
+                    continue
+                v = {k: tool_med(ok, k) for k in ("latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "records_per_s")}
+                p99s = ", ".join(f"{r['tool']['latency_p99_ms']:.2f}" for r in ok)
+                print(f"| {sc} | {pin_label(pin)} | {NAMES[b]} | {v['latency_p50_ms']:.2f} | "
+                      f"{v['latency_p99_ms']:.2f} ({p99s}) | {v['latency_p999_ms']:.2f} | {v['latency_max_ms']:.2f} | "
+                      f"{v['records_per_s']:,.0f} | {len(ok)}/{len(rs)} |")
     print()
 
-cl = [r for r in rows if r["group"] == "cluster"]
+cl = scenarios_of("cluster")
 if cl:
-    print("### Strom three nodes (dev-cluster, RF 3, min.insync.replicas 2; no Tansu counterpart)")
+    print("### Strom three nodes (dev-cluster, RF 3, min.insync.replicas 2; no peer runs three nodes here)")
     print()
-    print("| scenario | pinned? | MiB/s | brokers' CPU % (sum of 3 nodes) | ack p50 ms | ack p99 ms | errors |")
+    print("| scenario | pinned? | MiB/s | brokers' CPU % (sum of 3 nodes) | ack p50 ms | ack p99 ms | rounds ok |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for r in cl:
-        if r["status"] != "ok":
-            print(f"| {r['scenario']} | {pin_label(r['pinned'])} | failed | - | - | - | - |")
-            continue
-        t = r["tool"]
-        print(f"| {r['scenario']} | {pin_label(r['pinned'])} | {t['mib_per_s']:,.1f} | {cpu(r)} | "
-              f"{t['latency_p50_ms']:.1f} | {t['latency_p99_ms']:.1f} | {t['errors']} |")
+    for sc in cl:
+        for pin in pins:
+            rs = runs("strom3", sc, pin)
+            if not rs:
+                continue
+            ok = [r for r in rs if r["status"] == "ok"]
+            if not ok:
+                print(f"| {sc} | {pin_label(pin)} | failed | - | - | - | 0/{len(rs)} |")
+                continue
+            print(f"| {sc} | {pin_label(pin)} | {tool_med(ok, 'mib_per_s'):,.1f} | {cpu_med(ok) or 0:.0f} | "
+                  f"{tool_med(ok, 'latency_p50_ms'):.1f} | {tool_med(ok, 'latency_p99_ms'):.1f} | {len(ok)}/{len(rs)} |")
     print()
 
 print("### Memory and start-up")
 print()
 print("| broker | idle RSS MiB (median) | max RSS MiB under load | start-up ms (median, min–max) | starts |")
 print("|---|---:|---:|---:|---:|")
-for b, label in (("strom", "Strom (1 node)"), ("tansu", "Tansu (memory)"), ("strom3", "Strom 3 nodes (sum)")):
+for b, label in (("strom", "Strom (1 node)"), ("crabka", "Crabka (1 node, on disk)"),
+                 ("tansu", "Tansu (memory)"), ("strom3", "Strom 3 nodes (sum)")):
     rs = [r for r in rows if r["broker"] == b and r.get("startup_ms") is not None]
     if not rs:
         if any(r["broker"] == b for r in rows):
@@ -579,16 +646,17 @@ for b, label in (("strom", "Strom (1 node)"), ("tansu", "Tansu (memory)"), ("str
     idle = [r["idle_rss_kb"] / 1024 for r in rs if r.get("idle_rss_kb")]
     mx = [r["max_rss_kb"] / 1024 for r in rs if r.get("max_rss_kb")]
     st = [r["startup_ms"] for r in rs]
-    print(f"| {label} | {statistics.median(idle):.1f} | {max(mx):,.0f} | "
+    print(f"| {label} | {statistics.median(idle):.1f} | {max(mx) if mx else 0:,.0f} | "
           f"{statistics.median(st):.0f} ({min(st)}–{max(st)}) | {len(st)} |")
 print()
 print("Broker CPU % = broker utime+stime during the load tool's run / the run's measured time "
-      "(100 % = one core). Max RSS includes data held in memory: Tansu's memory:// engine keeps "
-      "every record in RAM; Strom's RSS includes mapped index pages.")
+      "(100 % = one core); CPU per MiB/s ratios below 1 mean Strom spends less. Max RSS includes "
+      "data held in memory: Tansu's memory:// engine keeps every record in RAM; Strom's RSS "
+      "includes mapped index pages.")
 failed = [r for r in rows if r["status"] != "ok"]
 if failed:
     print()
-    print("Failed scenarios:")
+    print("Failed runs:")
     for r in failed:
-        print(f"- {r['broker']} / {r['scenario']} / {'pinned' if r['pinned'] else 'unpinned'}: {r.get('error', '?')}")
+        print(f"- {r['broker']} / {r['scenario']} / {'pinned' if r['pinned'] else 'unpinned'} / round {r.get('round')}: {r.get('error', '?')}")
 PY

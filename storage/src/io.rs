@@ -81,7 +81,11 @@ impl DirIo {
                 WRITER.set(true);
                 // Ends when the last sender (the DirIo) is dropped.
                 while let Ok(job) = rx.recv() {
-                    job();
+                    // A bug in one job fails that job (its caller sees `Stopped`), not every
+                    // partition on the directory.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("a log writer job panicked; its request failed");
+                    }
                 }
             })?;
         let flusher = Arc::new(FlushQueue::default());
