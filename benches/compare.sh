@@ -508,7 +508,8 @@ done
 # Tables
 # --------------------------------------------------------------------------------------------
 
-HEADER="Strom vs ${BROKERS// /, }, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SECS} s per scenario, medians of $REPEAT rounds, $(nproc) CPUs;
+PEER_LIST=${BROKERS//strom/}
+HEADER="Strom vs${PEER_LIST}, $(date -u '+%Y-%m-%d %H:%M UTC'), ${SECS} s per scenario, medians of $REPEAT rounds, $(nproc) CPUs;
 $STROM_VERSION (release); Crabka 0.3.8 (on disk); $TANSU_VERSION (storage memory://); strom-load on librdkafka; results $RESULTS"
 HEADER=$HEADER python3 - "$RESULTS" <<'PY' | tee "$TABLES"
 import json, os, statistics, sys
