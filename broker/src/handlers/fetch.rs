@@ -205,17 +205,22 @@ pub fn handle(
     }
 }
 
+/// Where a read stops: followers read up to the log end, consumers never above the high
+/// watermark.
+fn read_bound(p: &Partition, replica: bool) -> i64 {
+    if replica {
+        i64::MAX
+    } else {
+        p.log.high_watermark()
+    }
+}
+
 /// Whether answering needs the disk: some partition has records to read at the position asked.
 /// Long polls that find nothing new are answered on the async worker from the log's marks.
 fn needs_disk(topics: &[TopicWanted], replica: bool) -> bool {
     topics.iter().flat_map(|t| t.parts.iter()).any(|w| {
         let Ok(p) = &w.partition else { return false };
-        let upper = if replica {
-            i64::MAX
-        } else {
-            p.log.high_watermark()
-        };
-        w.diverging.is_none() && p.log.has_data(w.offset, upper)
+        w.diverging.is_none() && p.log.has_data(w.offset, read_bound(p, replica))
     })
 }
 
@@ -272,12 +277,7 @@ fn read_all(
                     } else {
                         0
                     };
-                    // Consumers never see data above the high watermark.
-                    let upper = if replica {
-                        i64::MAX
-                    } else {
-                        p.log.high_watermark()
-                    };
+                    let upper = read_bound(p, replica);
                     p.log.read(w.offset, limit, disk && total == 0, upper).map_err(|e| {
                     if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
                         tracing::error!(log = p.log.name(), error = %e, "fetch read failed");

@@ -168,13 +168,10 @@ pub fn handle(
             .iter()
             .flat_map(|(name, parts)| parts.iter().map(move |p| (name, p)))
             .find_map(|(name, p)| {
-                p.outcome.as_ref().err().map(|e| {
-                    format!(
-                        "acks=0 produce to {}-{} failed: {e:?}",
-                        name.as_str(),
-                        p.index
-                    )
-                })
+                p.outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| acks0_failure(name, p.index, e))
             });
         if let Some(reason) = refused {
             return Outcome::Close(reason);
@@ -184,11 +181,7 @@ pub fn handle(
                 for p in parts {
                     if let Ok(appending) = p.outcome {
                         if let Err(e) = appending.await {
-                            return Some(format!(
-                                "acks=0 produce to {}-{} failed: {e:?}",
-                                name.as_str(),
-                                p.index
-                            ));
+                            return Some(acks0_failure(&name, p.index, &e));
                         }
                     }
                 }
@@ -215,6 +208,11 @@ pub fn handle(
         }
         ProduceResponse::default().with_responses(responses)
     })
+}
+
+/// Why an acks=0 connection closes.
+fn acks0_failure(topic: &kafka_protocol::messages::TopicName, index: i32, e: &ApiError) -> String {
+    format!("acks=0 produce to {}-{index} failed: {e:?}", topic.as_str())
 }
 
 fn partition_response(
